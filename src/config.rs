@@ -1,0 +1,672 @@
+//! The one configuration file: its shape, its defaults, and the checks that refuse a bad one.
+//!
+//! Every key has a secure default; a file only loosens a default on purpose, and
+//! [`Config::loosened`] lists each such choice so the server can warn about it at start.
+//! Validation collects every problem with its key's dotted name, so an operator fixes a file in
+//! one pass rather than one error per restart.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::origin::OriginRule;
+use crate::protocol::valid_room_name;
+
+/// A problem with one key of the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, such as `limits.burst`; empty when the file as a whole is at fault.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
+    }
+}
+
+/// Every problem found in a config file; loading fails with all of them at once.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid config {}:", self.path.display())?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub origins: OriginsConfig,
+    pub auth: AuthConfig,
+    pub rooms: RoomsConfig,
+    pub limits: LimitsConfig,
+    pub sanitize: SanitizeConfig,
+    pub log: LogConfig,
+    /// Directory of the config file: relative paths in it are resolved from here, so the
+    /// server behaves the same whatever directory it is started from.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// TLS handshake plus HTTP upgrade must finish within this, or the socket is dropped.
+    pub handshake_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    /// Test-only: echo each message to its sender instead of broadcasting (for Autobahn).
+    pub echo_mode: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Create a self-signed development pair when the files are missing. Demo only.
+    pub generate_self_signed: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginsConfig {
+    pub allowed: Vec<String>,
+    pub allow_missing: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub users: Vec<StaticUser>,
+    /// A file holding the HS256 secret (its whole content, surrounding whitespace trimmed).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// The name of an environment variable holding the HS256 secret.
+    pub jwt_secret_env: Option<String>,
+    pub allow_query_token: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticUser {
+    pub name: String,
+    pub token_sha256: String,
+    pub rooms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Rooms that always exist.
+    pub names: Vec<String>,
+    /// Create any other validly named room on first join, up to `max_rooms`.
+    pub auto_create: bool,
+    pub max_rooms: usize,
+    pub max_members: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub max_violations: u32,
+    pub handshakes_per_minute_per_ip: u32,
+    pub outbound_queue_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SanitizeMode {
+    Strip,
+    Basic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SanitizeConfig {
+    pub mode: SanitizeMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `wss_chat=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            origins: OriginsConfig::default(),
+            auth: AuthConfig::default(),
+            rooms: RoomsConfig::default(),
+            limits: LimitsConfig::default(),
+            sanitize: SanitizeConfig::default(),
+            log: LogConfig::default(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8443".into(),
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            handshake_timeout_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+            echo_mode: false,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: "certs/cert.pem".into(),
+            key: "certs/key.pem".into(),
+            generate_self_signed: false,
+        }
+    }
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            names: Vec::new(),
+            auto_create: false,
+            max_rooms: 100,
+            max_members: 1_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 4_096,
+            messages_per_second: 5,
+            burst: 10,
+            max_violations: 10,
+            handshakes_per_minute_per_ip: 30,
+            outbound_queue_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for SanitizeConfig {
+    fn default() -> Self {
+        SanitizeConfig {
+            mode: SanitizeMode::Strip,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Hard ceilings: past these a setting stops being a loosened default and becomes a hazard.
+const MAX_MESSAGE_BYTES_CEILING: usize = 1 << 20;
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![Problem {
+                key: String::new(),
+                reason: format!("cannot read file: {e}"),
+            }])
+        })?;
+        let mut config = Config::parse(&text).map_err(|p| fail(vec![p]))?;
+        config.base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        config.validate().map_err(fail)?;
+        Ok(config)
+    }
+
+    /// Parse TOML text into a config without validating it.
+    pub fn parse(text: &str) -> Result<Config, Problem> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            // toml's message names the key and line; flatten it onto one line for logs.
+            let reason = e.message().to_string();
+            let key = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_default();
+            Problem { key, reason }
+        })
+    }
+
+    /// Every semantic problem, each with its key.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, reason: String| {
+            p.push(Problem {
+                key: key.into(),
+                reason,
+            })
+        };
+
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "server.listen",
+                format!(
+                    "{:?} is not an IP:port address such as 127.0.0.1:8443",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.server.max_connections == 0 {
+            bad("server.max_connections", "must be at least 1".into());
+        }
+        if self.server.max_connections_per_ip == 0 {
+            bad("server.max_connections_per_ip", "must be at least 1".into());
+        }
+        if !(100..=60_000).contains(&self.server.handshake_timeout_ms) {
+            bad(
+                "server.handshake_timeout_ms",
+                "must be between 100 and 60000".into(),
+            );
+        }
+        if self.server.shutdown_timeout_ms > 300_000 {
+            bad(
+                "server.shutdown_timeout_ms",
+                "must be at most 300000".into(),
+            );
+        }
+        if self.server.echo_mode {
+            if let Ok(addr) = self.server.listen.parse::<SocketAddr>() {
+                if !addr.ip().is_loopback() {
+                    bad(
+                        "server.echo_mode",
+                        "is a test mode and is refused unless server.listen is a loopback address"
+                            .into(),
+                    );
+                }
+            }
+        }
+
+        if self.tls.cert.as_os_str().is_empty() {
+            bad("tls.cert", "must name a PEM certificate chain file".into());
+        }
+        if self.tls.key.as_os_str().is_empty() {
+            bad("tls.key", "must name a PEM private key file".into());
+        }
+
+        if self.origins.allowed.is_empty() && !self.origins.allow_missing {
+            bad(
+                "origins.allowed",
+                "is empty, so every browser would be refused; list the https origins of your pages"
+                    .into(),
+            );
+        }
+        for (i, o) in self.origins.allowed.iter().enumerate() {
+            if let Err(e) = OriginRule::parse(o) {
+                bad(&format!("origins.allowed[{i}]"), format!("{o:?}: {e}"));
+            }
+        }
+
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.auth.users.iter().enumerate() {
+            let key = format!("auth.users[{i}]");
+            if u.name.is_empty() || u.name.len() > 64 || u.name.chars().any(char::is_control) {
+                bad(
+                    &format!("{key}.name"),
+                    "must be 1 to 64 characters without control characters".into(),
+                );
+            }
+            if !names.insert(u.name.as_str()) {
+                bad(
+                    &format!("{key}.name"),
+                    format!("{:?} is listed twice", u.name),
+                );
+            }
+            if crate::auth::parse_sha256_hex(&u.token_sha256).is_none() {
+                bad(
+                    &format!("{key}.token_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the token; `wss-chat hash-token` prints it)"
+                        .into(),
+                );
+            }
+            for (j, r) in u.rooms.iter().flatten().enumerate() {
+                if !valid_room_name(r) {
+                    bad(
+                        &format!("{key}.rooms[{j}]"),
+                        format!("{r:?} is not a room name (1 to 64 of A-Z a-z 0-9 _ . -)"),
+                    );
+                }
+            }
+        }
+        match (&self.auth.jwt_secret_file, &self.auth.jwt_secret_env) {
+            (Some(_), Some(_)) => bad(
+                "auth.jwt_secret_env",
+                "set either auth.jwt_secret_file or auth.jwt_secret_env, not both".into(),
+            ),
+            (Some(f), None) => match std::fs::read(self.resolve(f)) {
+                Ok(s) if s.trim_ascii().len() < MIN_JWT_SECRET_BYTES => bad(
+                    "auth.jwt_secret_file",
+                    format!("the secret must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                ),
+                Ok(_) => {}
+                Err(e) => bad(
+                    "auth.jwt_secret_file",
+                    format!("cannot read {}: {e}", self.resolve(f).display()),
+                ),
+            },
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(s) if s.trim().len() < MIN_JWT_SECRET_BYTES => bad(
+                    "auth.jwt_secret_env",
+                    format!("${var} must hold at least {MIN_JWT_SECRET_BYTES} bytes"),
+                ),
+                Ok(_) => {}
+                Err(_) => bad(
+                    "auth.jwt_secret_env",
+                    format!("environment variable {var} is not set or not UTF-8"),
+                ),
+            },
+            (None, None) => {}
+        }
+        if self.auth.users.is_empty()
+            && self.auth.jwt_secret_file.is_none()
+            && self.auth.jwt_secret_env.is_none()
+        {
+            bad(
+                "auth",
+                "no way to log in: add [[auth.users]] or a jwt_secret_file / jwt_secret_env".into(),
+            );
+        }
+
+        for (i, r) in self.rooms.names.iter().enumerate() {
+            if !valid_room_name(r) {
+                bad(
+                    &format!("rooms.names[{i}]"),
+                    format!("{r:?} is not a room name (1 to 64 of A-Z a-z 0-9 _ . -)"),
+                );
+            }
+        }
+        if self.rooms.names.is_empty() && !self.rooms.auto_create {
+            bad(
+                "rooms.names",
+                "is empty and rooms.auto_create is off, so no room can be joined".into(),
+            );
+        }
+        if self.rooms.max_rooms == 0 || self.rooms.max_rooms < self.rooms.names.len() {
+            bad(
+                "rooms.max_rooms",
+                "must be at least 1 and at least the number of rooms.names".into(),
+            );
+        }
+        if self.rooms.max_members == 0 {
+            bad("rooms.max_members", "must be at least 1".into());
+        }
+
+        let l = &self.limits;
+        if l.max_message_bytes == 0 || l.max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
+            bad(
+                "limits.max_message_bytes",
+                format!("must be between 1 and {MAX_MESSAGE_BYTES_CEILING}"),
+            );
+        }
+        if l.messages_per_second == 0 {
+            bad("limits.messages_per_second", "must be at least 1".into());
+        }
+        if l.burst == 0 {
+            bad("limits.burst", "must be at least 1".into());
+        }
+        if l.max_violations == 0 {
+            bad("limits.max_violations", "must be at least 1".into());
+        }
+        if l.handshakes_per_minute_per_ip == 0 {
+            bad(
+                "limits.handshakes_per_minute_per_ip",
+                "must be at least 1".into(),
+            );
+        }
+        if l.outbound_queue_bytes < l.max_message_bytes * 8 {
+            bad(
+                "limits.outbound_queue_bytes",
+                "must hold at least 8 messages of limits.max_message_bytes after escaping".into(),
+            );
+        }
+
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            bad(
+                "log.level",
+                format!("{:?} is not a log filter such as \"info\"", self.log.level),
+            );
+        }
+
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+
+    /// Each default this file loosens, worded for a warning at start.
+    pub fn loosened(&self) -> Vec<String> {
+        let d = Config::default();
+        let mut w = Vec::new();
+        if self.origins.allow_missing {
+            w.push("origins.allow_missing = true: clients that send no Origin are let in".into());
+        }
+        if self.auth.allow_query_token {
+            w.push(
+                "auth.allow_query_token = true: tokens in URLs can leak through proxies and history"
+                    .into(),
+            );
+        }
+        if self.tls.generate_self_signed {
+            w.push(
+                "tls.generate_self_signed = true: a self-signed development certificate may be used"
+                    .into(),
+            );
+        }
+        if self.server.echo_mode {
+            w.push("server.echo_mode = true: test mode, messages are echoed, not broadcast".into());
+        }
+        if self.rooms.auto_create {
+            w.push(format!(
+                "rooms.auto_create = true: clients may create up to {} rooms",
+                self.rooms.max_rooms
+            ));
+        }
+        if self.sanitize.mode != d.sanitize.mode {
+            w.push("sanitize.mode = \"basic\": some HTML formatting tags are delivered".into());
+        }
+        let raised = |name: &str, v: u64, dv: u64, w: &mut Vec<String>| {
+            if v > dv {
+                w.push(format!("{name} = {v} is above the default {dv}"));
+            }
+        };
+        let (l, dl) = (&self.limits, &d.limits);
+        raised(
+            "limits.max_message_bytes",
+            l.max_message_bytes as u64,
+            dl.max_message_bytes as u64,
+            &mut w,
+        );
+        raised(
+            "limits.messages_per_second",
+            l.messages_per_second.into(),
+            dl.messages_per_second.into(),
+            &mut w,
+        );
+        raised("limits.burst", l.burst.into(), dl.burst.into(), &mut w);
+        raised(
+            "limits.max_violations",
+            l.max_violations.into(),
+            dl.max_violations.into(),
+            &mut w,
+        );
+        raised(
+            "limits.handshakes_per_minute_per_ip",
+            l.handshakes_per_minute_per_ip.into(),
+            dl.handshakes_per_minute_per_ip.into(),
+            &mut w,
+        );
+        raised(
+            "limits.outbound_queue_bytes",
+            l.outbound_queue_bytes as u64,
+            dl.outbound_queue_bytes as u64,
+            &mut w,
+        );
+        let (s, ds) = (&self.server, &d.server);
+        raised(
+            "server.max_connections",
+            s.max_connections as u64,
+            ds.max_connections as u64,
+            &mut w,
+        );
+        raised(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip as u64,
+            ds.max_connections_per_ip as u64,
+            &mut w,
+        );
+        raised(
+            "server.handshake_timeout_ms",
+            s.handshake_timeout_ms,
+            ds.handshake_timeout_ms,
+            &mut w,
+        );
+        raised(
+            "rooms.max_members",
+            self.rooms.max_members as u64,
+            d.rooms.max_members as u64,
+            &mut w,
+        );
+        w
+    }
+
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .expect("validated in Config::validate")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [origins]
+        allowed = ["https://chat.example.com"]
+        [rooms]
+        names = ["lobby"]
+        [[auth.users]]
+        name = "alice"
+        token_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_strict_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        c.validate().unwrap();
+        assert!(c.loosened().is_empty(), "{:?}", c.loosened());
+        assert_eq!(c.limits.max_message_bytes, 4096);
+        assert!(!c.origins.allow_missing && !c.auth.allow_query_token);
+        assert_eq!(c.sanitize.mode, SanitizeMode::Strip);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let e = Config::parse(&format!("{MINIMAL}\n[limits]\nmax_mesage_bytes = 5\n")).unwrap_err();
+        assert!(e.reason.contains("max_mesage_bytes"), "{e}");
+        assert!(e.key.starts_with("line "), "{e}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key() {
+        let text = format!(
+            "{MINIMAL}\n[server]\nlisten = \"nowhere\"\n[limits]\nburst = 0\nmax_message_bytes = 0\n"
+        );
+        let problems = Config::parse(&text).unwrap().validate().unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"server.listen"), "{keys:?}");
+        assert!(keys.contains(&"limits.burst"), "{keys:?}");
+        assert!(keys.contains(&"limits.max_message_bytes"), "{keys:?}");
+    }
+
+    #[test]
+    fn bad_origin_and_hash_are_named() {
+        let text = MINIMAL
+            .replace("https://chat.example.com", "https://chat.example.com/path")
+            .replace("2cf24dba", "zz");
+        let problems = Config::parse(&text).unwrap().validate().unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["origins.allowed[0]", "auth.users[0].token_sha256"]);
+    }
+
+    #[test]
+    fn echo_mode_refused_off_loopback() {
+        let text = format!("{MINIMAL}\n[server]\nlisten = \"0.0.0.0:8443\"\necho_mode = true\n");
+        let problems = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(problems[0].key, "server.echo_mode");
+    }
+
+    #[test]
+    fn loosening_is_reported() {
+        let text = format!("{MINIMAL}\n[limits]\nburst = 50\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.loosened(), ["limits.burst = 50 is above the default 10"]);
+    }
+}

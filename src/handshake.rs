@@ -1,0 +1,192 @@
+//! The gate: the ordered checks an upgrade request must pass before it gets a 101.
+//!
+//! One function so the order is visible and testable: the cheapest checks first, no token work
+//! for a request already refused, and the same answer for a room that is missing and a room
+//! the token may not enter. Order: handshake rate per address (first, so refused attempts count
+//! too and tokens cannot be guessed at line rate) -> a well-formed RFC 6455 upgrade -> Origin ->
+//! token -> room rights -> join. Every refusal is an HTTP status with a short reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::{
+    HeaderMap, HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use hyper::{Method, Request, StatusCode, Version};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::auth::{self, Identity};
+use crate::origin;
+use crate::protocol::{ServerFrame, SUBPROTOCOL};
+use crate::room::{next_conn_id, JoinError, Membership, Outbox, Outgoing};
+use crate::Shared;
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Rate(Duration),
+    /// Not an upgrade at all (a plain GET): 426.
+    NotUpgrade,
+    /// An upgrade we cannot speak (wrong version): 426 naming version 13.
+    Version,
+    Malformed(&'static str),
+    Origin(origin::Refusal),
+    Token(auth::Refusal),
+    /// Room missing or not in the token: one answer for both.
+    Room,
+    RoomFull,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Rate(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::NotUpgrade | Refusal::Version => StatusCode::UPGRADE_REQUIRED,
+            Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refusal::Origin(_) | Refusal::Room => StatusCode::FORBIDDEN,
+            Refusal::Token(_) => StatusCode::UNAUTHORIZED,
+            Refusal::RoomFull => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The reason, for the log line and the response body. Names no secret and no room.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Rate(_) => "too many handshakes",
+            Refusal::NotUpgrade => "websocket upgrade required",
+            Refusal::Version => "unsupported websocket version",
+            Refusal::Malformed(why) => why,
+            Refusal::Origin(r) => r.as_str(),
+            Refusal::Token(r) => r.as_str(),
+            Refusal::Room => "room not available",
+            Refusal::RoomFull => "room full",
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refusal::Rate(_) => "rate",
+            Refusal::NotUpgrade | Refusal::Version | Refusal::Malformed(_) => "request",
+            Refusal::Origin(_) => "origin",
+            Refusal::Token(_) => "token",
+            Refusal::Room => "room",
+            Refusal::RoomFull => "cap",
+        }
+    }
+}
+
+/// Everything a session needs from a request that passed the gate.
+#[derive(Debug)]
+pub struct Admitted {
+    pub identity: Identity,
+    pub membership: Membership,
+    pub outbox: Arc<Outbox>,
+    pub rx: mpsc::Receiver<Outgoing>,
+    /// `Sec-WebSocket-Accept` for the 101.
+    pub accept_key: String,
+    /// Whether the client offered our subprotocol, which the 101 must then name.
+    pub subprotocol: bool,
+}
+
+/// Run every check in order for an upgrade to `room`.
+pub fn gate<B>(
+    shared: &Shared,
+    req: &Request<B>,
+    peer: SocketAddr,
+    room: &str,
+) -> Result<Admitted, Refusal> {
+    shared
+        .limits
+        .check_handshake(peer.ip())
+        .map_err(Refusal::Rate)?;
+
+    let h = req.headers();
+    if !header_has_token(h, &UPGRADE, "websocket") {
+        return Err(Refusal::NotUpgrade);
+    }
+    if req.method() != Method::GET {
+        return Err(Refusal::Malformed("websocket upgrade must be GET"));
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(Refusal::Malformed("websocket upgrade needs HTTP/1.1"));
+    }
+    if !header_has_token(h, &CONNECTION, "upgrade") {
+        return Err(Refusal::Malformed("missing Connection: upgrade"));
+    }
+    if h.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(Refusal::Version);
+    }
+    let key = single(h, &SEC_WEBSOCKET_KEY)
+        .filter(|k| k.len() == 24)
+        .ok_or(Refusal::Malformed("missing or bad Sec-WebSocket-Key"))?;
+
+    // A request with two Origin headers is treated as malformed rather than picking one.
+    let origin = match h.get_all(ORIGIN).iter().count() {
+        0 => None,
+        1 => h.get(ORIGIN).map(HeaderValue::as_bytes),
+        _ => return Err(Refusal::Origin(origin::Refusal::Malformed)),
+    };
+    shared.origins.check(origin).map_err(Refusal::Origin)?;
+
+    let token = auth::find_token(h, req.uri().query(), shared.config.auth.allow_query_token)
+        .ok_or(Refusal::Token(auth::Refusal::Missing))?;
+    let identity = shared.auth.verify(token).map_err(Refusal::Token)?;
+
+    if !identity.may_join(room) || !shared.rooms.available(room) {
+        return Err(Refusal::Room);
+    }
+
+    // The welcome is queued before the connection joins, so it is the first frame the client
+    // reads even if the room is busy.
+    let (outbox, rx) = Outbox::new(shared.config.limits.outbound_queue_bytes);
+    let welcome = ServerFrame::Welcome {
+        user: &identity.user,
+        room,
+        limits: &shared.welcome_limits,
+    };
+    outbox.push(Message::text(welcome.to_json()));
+    let membership = shared
+        .rooms
+        .join(room, next_conn_id(), outbox.clone())
+        .map_err(|e| match e {
+            JoinError::Unavailable => Refusal::Room,
+            JoinError::Full => Refusal::RoomFull,
+        })?;
+
+    let subprotocol = h
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+
+    Ok(Admitted {
+        identity,
+        membership,
+        outbox,
+        rx,
+        accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
+        subprotocol,
+    })
+}
+
+fn single<'a>(h: &'a HeaderMap, name: &hyper::header::HeaderName) -> Option<&'a [u8]> {
+    let mut all = h.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => Some(v.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Whether a comma-separated header contains `token`, case-insensitively.
+fn header_has_token(h: &HeaderMap, name: &hyper::header::HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}

@@ -1,0 +1,136 @@
+//! HTTP/1.1 in front of the WebSocket: routing, refusals with a status, and the upgrade.
+//!
+//! `/rooms/{room}` goes through the gate (handshake.rs) and, when admitted, answers 101 and
+//! hands the upgraded stream to a session; a plain GET there gets 426. `/healthz` answers 200.
+//! Anything else is 404. The query string is never logged: it may carry a token.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{info, warn};
+
+use crate::handshake::{self, Refusal};
+use crate::protocol::{valid_room_name, SUBPROTOCOL};
+use crate::server::ConnGuard;
+use crate::session;
+use crate::Shared;
+
+pub type Body = Full<Bytes>;
+
+/// Answer one HTTP request on a TLS connection from `peer`.
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    guard: Arc<ConnGuard>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let resp = if let Some(room) = path.strip_prefix("/rooms/") {
+        if !valid_room_name(room) {
+            plain(StatusCode::NOT_FOUND, "not found")
+        } else {
+            let room = room.to_string();
+            match handshake::gate(&shared, &req, peer, &room) {
+                Ok(admitted) => {
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    let resp = switching_protocols(&admitted.accept_key, admitted.subprotocol);
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        // Holding the guard keeps this connection counted against the caps
+                        // for as long as the session lives.
+                        let _guard = guard;
+                        match on_upgrade.await {
+                            Ok(upgraded) => {
+                                let ws = WebSocketStream::from_raw_socket(
+                                    TokioIo::new(upgraded),
+                                    Role::Server,
+                                    Some(shared.ws_config),
+                                )
+                                .await;
+                                session::run(shared, ws, admitted, peer).await;
+                            }
+                            Err(e) => warn!(%peer, error = %e, "upgrade failed after 101"),
+                        }
+                    });
+                    return Ok(resp);
+                }
+                Err(refusal) => {
+                    info!(
+                        %peer,
+                        room = %room,
+                        status = refusal.status().as_u16(),
+                        kind = refusal.kind(),
+                        reason = refusal.reason(),
+                        "handshake refused"
+                    );
+                    refused(refusal)
+                }
+            }
+        }
+    } else if path == "/healthz" {
+        plain(StatusCode::OK, "ok")
+    } else {
+        plain(StatusCode::NOT_FOUND, "not found")
+    };
+    Ok(resp)
+}
+
+fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Body> {
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(accept_key).expect("base64 is a valid header value"),
+    );
+    if subprotocol {
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    r
+}
+
+fn refused(refusal: Refusal) -> Response<Body> {
+    let mut r = plain(refusal.status(), refusal.reason());
+    let h = r.headers_mut();
+    match refusal {
+        Refusal::Rate(wait) => {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        Refusal::NotUpgrade | Refusal::Version => {
+            h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        _ => {}
+    }
+    r
+}
+
+pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}

@@ -1,0 +1,128 @@
+//! wss-chat: a TLS-terminating WebSocket chat server with strict defaults.
+//!
+//! The path of one connection, file by file: `server` (accept, caps, deadline) -> `tls` ->
+//! `http` (routing) -> `handshake` (rate, `origin`, `auth`, room) -> `session` (read frame,
+//! `limits`, `sanitize`) -> `room` (fan-out) -> `session` writer. Wire types live in
+//! `protocol`, settings in `config`. [`run`] starts a server so tests and the binary share it.
+
+pub mod auth;
+pub mod config;
+pub mod handshake;
+pub mod http;
+pub mod limits;
+pub mod origin;
+pub mod protocol;
+pub mod room;
+pub mod sanitize;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{info, warn};
+
+use config::Config;
+use protocol::WelcomeLimits;
+
+/// Bytes a client frame may carry beyond `max_message_bytes` for its JSON envelope (type,
+/// id, quotes and escapes). A larger frame is closed with 1009 by the WebSocket layer before it
+/// is buffered; a text over the limit inside a frame that fits gets `too_long`.
+pub const ENVELOPE_ALLOWANCE: usize = 1024;
+/// tungstenite reads in chunks of this; its 128 KiB default costs that much per connection.
+const READ_BUFFER: usize = 4 * 1024;
+/// Frames are batched up to this before a write; flush writes the rest.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// State every connection shares, built once from the config.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub origins: origin::OriginPolicy,
+    pub auth: auth::Authenticator,
+    pub limits: limits::Limits,
+    pub sanitizer: sanitize::Sanitizer,
+    pub rooms: Arc<room::Rooms>,
+    /// Sent in every welcome; built once rather than per connection.
+    pub welcome_limits: WelcomeLimits,
+    /// Size caps for every WebSocket, derived from `limits.max_message_bytes`.
+    pub ws_config: WebSocketConfig,
+    /// Flips to true when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Load or create the certificate, bind, and serve until `shutdown` resolves.
+/// `on_bound` is told the bound address (the config may ask for port 0).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    for w in config.loosened() {
+        warn!("loosened default: {w}");
+    }
+    let cert = config.resolve(&config.tls.cert);
+    let key = config.resolve(&config.tls.key);
+    if config.tls.generate_self_signed && !cert.exists() && !key.exists() {
+        tls::write_self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
+        warn!("=================================================================");
+        warn!("GENERATED A SELF-SIGNED DEVELOPMENT CERTIFICATE: NOT FOR PRODUCTION");
+        warn!("  {} (and its key beside it)", cert.display());
+        warn!("  Browsers and clients will not trust it. Use a real certificate and");
+        warn!("  set tls.generate_self_signed = false before exposing this server.");
+        warn!("=================================================================");
+    }
+    let tls_config = tls::load_server_config(&cert, &key)?;
+    let auth = auth::Authenticator::from_config(&config.auth, &config.base_dir)?;
+
+    let frame_limit = config.limits.max_message_bytes + ENVELOPE_ALLOWANCE;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        // Outgoing frames are at most a few times the incoming limit (escaping); bound the
+        // buffer so a socket that stops draining cannot grow it.
+        .max_write_buffer_size(WRITE_BUFFER + 8 * frame_limit)
+        .max_frame_size(Some(frame_limit))
+        .max_message_size(Some(frame_limit));
+
+    let listener = TcpListener::bind(config.listen_addr())
+        .await
+        .map_err(|e| format!("server.listen: cannot bind {}: {e}", config.server.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("server.listen: {e}"))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),
+        auth,
+        limits: limits::Limits::new(&config.limits),
+        sanitizer: sanitize::Sanitizer::new(config.sanitize.mode),
+        rooms: room::Rooms::new(&config.rooms),
+        welcome_limits: WelcomeLimits {
+            max_message_bytes: config.limits.max_message_bytes,
+            messages_per_second: config.limits.messages_per_second,
+            burst: config.limits.burst,
+        },
+        ws_config,
+        shutdown: stop_rx,
+        config,
+    });
+    info!("listening on {addr}");
+    on_bound(addr);
+    server::serve(
+        shared,
+        listener,
+        TlsAcceptor::from(tls_config),
+        stop_tx,
+        shutdown,
+    )
+    .await;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The command line: parse arguments, set up logging, and hand over to the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wss_chat::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "wss-chat",
+    version,
+    about = "A secure WebSocket (wss://) chat server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    ///
+    /// Example: wss-chat serve --config /etc/wss-chat/config.toml
+    Serve {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every problem and exit 2.
+    ///
+    /// Example: wss-chat check-config --config config.toml
+    CheckConfig {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Write a self-signed development certificate and key (not for production).
+    ///
+    /// Example: wss-chat gen-cert --host localhost --host 127.0.0.1
+    GenCert {
+        /// DNS names or IP addresses the certificate is for.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        #[arg(long, default_value = "certs/dev-cert.pem")]
+        cert: PathBuf,
+        #[arg(long, default_value = "certs/dev-key.pem")]
+        key: PathBuf,
+    },
+    /// Read a token on stdin and print the config line holding its SHA-256.
+    ///
+    /// Example: printf '%s' "$TOKEN" | wss-chat hash-token
+    HashToken,
+    /// Mint a signed token with the secret the config names.
+    ///
+    /// Example: wss-chat token --user alice --rooms lobby,ops --ttl 1h
+    Token {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Comma-separated rooms the token may join; all rooms when omitted.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Option<Vec<String>>,
+        /// Lifetime: a number with s, m, h or d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 30m, 1h, 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: expected e.g. 30m, 1h, 7d")),
+    };
+    Ok(n * mult)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve {
+        config: "config.toml".into(),
+    }) {
+        Command::Serve { config } => serve(&config),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                for w in c.loosened() {
+                    println!("warning: loosened default: {w}");
+                }
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::GenCert { hosts, cert, key } => {
+            match wss_chat::tls::write_self_signed(&cert, &key, &hosts) {
+                Ok(()) => {
+                    eprintln!(
+                        "wrote {} and {} (self-signed, for development only)",
+                        cert.display(),
+                        key.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HashToken => {
+            let mut token = String::new();
+            if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
+                eprintln!("error: give the token on standard input");
+                return ExitCode::FAILURE;
+            }
+            let hash = wss_chat::auth::sha256_hex(token.trim_end_matches(['\r', '\n']).as_bytes());
+            println!("token_sha256 = \"{hash}\"");
+            ExitCode::SUCCESS
+        }
+        Command::Token {
+            config,
+            user,
+            rooms,
+            ttl,
+        } => mint(&config, user, rooms, ttl),
+    }
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(wss_chat::run(config, shutdown_signal(), |_| {})) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn mint(path: &Path, user: String, rooms: Option<Vec<String>>, ttl: u64) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secret = match wss_chat::auth::load_secret(&config.auth, &config.base_dir) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!(
+                "error: the config sets neither auth.jwt_secret_file nor auth.jwt_secret_env"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let claims = wss_chat::auth::Claims {
+        sub: user,
+        exp: jsonwebtoken::get_current_timestamp() + ttl,
+        nbf: None,
+        rooms,
+    };
+    println!("{}", wss_chat::auth::mint(&secret, &claims));
+    ExitCode::SUCCESS
+}

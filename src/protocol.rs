@@ -1,0 +1,154 @@
+//! Every type that crosses the wire, and every close and error code, in one place.
+//!
+//! Clients send JSON text frames shaped like [`ClientFrame`]; the server sends [`ServerFrame`].
+//! README.md documents the same shapes for client authors: keep the two in step.
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// The one subprotocol we speak; a browser offers it beside `bearer.<token>`.
+pub const SUBPROTOCOL: &str = "wss-chat.v1";
+/// Prefix of the subprotocol entry that carries a token (browsers cannot set headers).
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+/// The cookie that may carry a token.
+pub const TOKEN_COOKIE: &str = "wss_chat_token";
+/// Longest client-chosen message id echoed back in an ack.
+pub const MAX_ID_CHARS: usize = 64;
+/// Room names are short and plain so they are safe in URLs, logs and metrics labels.
+pub const MAX_ROOM_NAME: usize = 64;
+
+/// A frame a client may send. Unknown fields (such as a forged `from`) are ignored, not trusted.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Message { text: String, id: Option<String> },
+}
+
+/// The limits a client is told about in its welcome, so it can pace itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct WelcomeLimits {
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub burst: u32,
+}
+
+/// A frame the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        user: &'a str,
+        room: &'a str,
+        limits: &'a WelcomeLimits,
+    },
+    Message {
+        room: &'a str,
+        from: &'a str,
+        text: &'a str,
+        seq: u64,
+        ts: u64,
+    },
+    Ack {
+        id: &'a str,
+        seq: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+}
+
+/// Why a client's message was refused without closing the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not a known `type`, or a field of the wrong shape.
+    BadRequest,
+    /// `text` longer than `limits.max_message_bytes`.
+    TooLong,
+    /// Nothing left after sanitising.
+    Empty,
+    /// Over the per-connection or per-user message rate.
+    RateLimited,
+}
+
+/// RFC 6455 close codes the server sends, named for why we send them.
+pub mod close {
+    use super::CloseCode;
+    /// Server shutting down.
+    pub const GOING_AWAY: CloseCode = CloseCode::Away;
+    /// Malformed framing.
+    pub const PROTOCOL: CloseCode = CloseCode::Protocol;
+    /// Binary frames: we only speak JSON text.
+    pub const UNSUPPORTED: CloseCode = CloseCode::Unsupported;
+    /// Text that is not UTF-8.
+    pub const INVALID_DATA: CloseCode = CloseCode::Invalid;
+    /// Repeated rate-limit violations, expired token.
+    pub const POLICY: CloseCode = CloseCode::Policy;
+    /// Frame or message over the size limit.
+    pub const TOO_BIG: CloseCode = CloseCode::Size;
+    /// Outbound queue overflowed (slow consumer).
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode::Again;
+}
+
+/// Whether a room name is 1 to 64 of `[A-Za-z0-9_.-]`.
+pub fn valid_room_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ROOM_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room_name("lobby"));
+        assert!(valid_room_name("a.b-c_D9"));
+        assert!(valid_room_name(&"x".repeat(64)));
+        assert!(!valid_room_name(&"x".repeat(65)));
+        assert!(!valid_room_name(""));
+        assert!(!valid_room_name("a/b"));
+        assert!(!valid_room_name("caf\u{e9}"));
+        assert!(!valid_room_name("a%20b"));
+    }
+
+    #[test]
+    fn forged_from_is_ignored_and_unknown_type_rejected() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"message","text":"hi","from":"admin"}"#).unwrap();
+        let ClientFrame::Message { text, id } = f;
+        assert_eq!(text, "hi");
+        assert_eq!(id, None);
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"join","room":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn error_frame_shape() {
+        let j = ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow down",
+            id: Some("7"),
+            retry_after_ms: Some(120),
+        }
+        .to_json();
+        assert_eq!(
+            j,
+            r#"{"type":"error","code":"rate_limited","message":"slow down","id":"7","retry_after_ms":120}"#
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Accepting connections: the caps checked before any TLS work, the handshake deadline, and
+//! graceful shutdown.
+//!
+//! A connection over `server.max_connections` or `server.max_connections_per_ip` (IPv6 by /64)
+//! is closed as soon as it is accepted, before a single TLS byte is read, so a flood costs us
+//! a socket and not a handshake. TLS plus the HTTP upgrade must finish within
+//! `server.handshake_timeout_ms`. On shutdown the listener closes, every session sends Close
+//! 1001, and [`serve`] waits up to `server.shutdown_timeout_ms` for them to go.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::limits::address_key;
+use crate::Shared;
+
+/// Largest HTTP request head we read (request line plus headers); past it hyper answers 431.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Most headers in one request; a browser's upgrade sends about 15.
+const MAX_HEADERS: usize = 64;
+/// How often idle rate-limiter keys are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Live connections per source address.
+#[derive(Debug, Default)]
+struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// What one accepted connection holds until it ends; dropping it frees its place in both caps.
+#[derive(Debug)]
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    per_ip: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                // Entries exist only for addresses with live connections, so the map is
+                // bounded by max_connections however many addresses have come and gone.
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Accept on `listener` until `shutdown` resolves, then drain.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    stop: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let cfg = &shared.config.server;
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let per_ip = Arc::new(PerIp::default());
+    let pruner = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+            loop {
+                tick.tick().await;
+                shared.limits.prune();
+            }
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Usually EMFILE: back off rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(guard) = admit(&slots, &per_ip, cfg.max_connections_per_ip, peer.ip()) else {
+            debug!(%peer, "connection refused at accept: over a connection cap");
+            drop(tcp);
+            continue;
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            connection(shared, acceptor, tcp, peer, Arc::new(guard)).await;
+        });
+    }
+    drop(listener);
+    pruner.abort();
+    info!("shutting down: closing connections");
+    let _ = stop.send(true);
+    let all = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(
+        Duration::from_millis(cfg.shutdown_timeout_ms),
+        slots.acquire_many(all),
+    )
+    .await;
+    match drained {
+        Ok(_) => info!("all connections closed"),
+        Err(_) => warn!("shutdown timeout reached with connections still open"),
+    }
+}
+
+fn admit(
+    slots: &Arc<Semaphore>,
+    per_ip: &Arc<PerIp>,
+    max_per_ip: usize,
+    ip: IpAddr,
+) -> Option<ConnGuard> {
+    let permit = slots.clone().try_acquire_owned().ok()?;
+    let key = address_key(ip);
+    let mut counts = per_ip.counts.lock().unwrap_or_else(|p| p.into_inner());
+    let n = counts.entry(key).or_insert(0);
+    if *n >= max_per_ip {
+        return None;
+    }
+    *n += 1;
+    Some(ConnGuard {
+        _permit: permit,
+        per_ip: per_ip.clone(),
+        key,
+    })
+}
+
+/// TLS, then HTTP until the upgrade, all within the handshake deadline.
+async fn connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    guard: Arc<ConnGuard>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(shared.config.server.handshake_timeout_ms);
+    let mut shutdown = shared.shutdown.clone();
+    let tls = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
+    let svc_shared = shared.clone();
+    let service =
+        service_fn(move |req| crate::http::handle(svc_shared.clone(), peer, guard.clone(), req));
+    let conn = http1::Builder::new()
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            debug!(%peer, error = %e, "HTTP connection error");
+        },
+        _ = tokio::time::sleep_until(deadline) => debug!(%peer, "HTTP phase timed out"),
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+}

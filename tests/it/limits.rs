@@ -1,0 +1,83 @@
+//! Rate limits: a flooding client is refused, then closed, while the room carries on.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn flood_gets_rate_limited_then_1008_while_others_chat_normally() {
+    let s = Server::start_with(&Opts {
+        messages_per_second: 2,
+        burst: 3,
+        max_violations: 5,
+        ..Opts::default()
+    });
+    let mut flooder = s.join("alice", "lobby").await;
+    let mut b = s.join("bob", "lobby").await;
+    let mut c = s.join("carol", "lobby").await;
+
+    for i in 0..20 {
+        say(&mut flooder, &format!("flood {i}")).await;
+    }
+    // The burst gets through, then refusals with a wait, then the connection is closed.
+    let mut refusals = 0;
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut flooder),
+        )
+        .await
+        .expect("flooder heard nothing")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let e: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(e["code"], "rate_limited", "{e}");
+                let wait = e["retry_after_ms"].as_u64().unwrap();
+                assert!((1..=1000).contains(&wait), "{wait}");
+                refusals += 1;
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                assert_eq!(f.code, CloseCode::Policy);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        refusals, 4,
+        "max_violations = 5: four refusals, the fifth closes"
+    );
+
+    // Exactly the burst reached the others.
+    for ws in [&mut b, &mut c] {
+        for i in 0..3 {
+            assert_eq!(recv_json(ws).await["text"], format!("flood {i}"));
+        }
+    }
+    expect_silence(&mut b, 300).await;
+    // And the others still chat normally.
+    say(&mut b, "hello carol").await;
+    assert_eq!(recv_json(&mut c).await["text"], "hello carol");
+    say(&mut c, "hello bob").await;
+    assert_eq!(recv_json(&mut b).await["text"], "hello bob");
+}
+
+#[tokio::test]
+async fn user_quota_is_shared_across_connections() {
+    let s = Server::start_with(&Opts {
+        messages_per_second: 1,
+        burst: 2,
+        max_violations: 100,
+        ..Opts::default()
+    });
+    let mut a1 = s.join("alice", "lobby").await;
+    let mut a2 = s.join("alice", "lobby").await;
+    say(&mut a1, "one").await;
+    say(&mut a2, "two").await;
+    say(&mut a2, "three").await;
+    // a2 hears a1's "one", then is refused for "three": the user's burst of 2 is spent.
+    assert_eq!(recv_json(&mut a2).await["text"], "one");
+    assert_eq!(recv_json(&mut a2).await["code"], "rate_limited");
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: each starts the real binary and talks to it over real TLS sockets.
+
+mod chat;
+mod config;
+mod frames;
+mod handshake;
+mod limits;
+mod support;

@@ -1,0 +1,361 @@
+//! Starts the real `wss-chat` binary on an ephemeral port with a temporary config and a test
+//! CA, captures its log, and provides verifying TLS clients: a WebSocket client for the
+//! protocol, and a raw TLS socket for what a well-behaved client would never send.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+pub const ORIGIN: &str = "https://chat.example.com";
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef0123456789";
+/// Static users: (name, token). dave may only join "other".
+pub const USERS: [(&str, &str); 4] = [
+    ("alice", "alice-token-1"),
+    ("bob", "bob-token-2"),
+    ("carol", "carol-token-3"),
+    ("dave", "dave-token-4"),
+];
+
+pub fn token(user: &str) -> &'static str {
+    USERS.iter().find(|(u, _)| *u == user).unwrap().1
+}
+
+/// Knobs a test may turn; everything else is the strict default.
+#[derive(Clone)]
+pub struct Opts {
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub max_violations: u32,
+    pub handshakes_per_minute_per_ip: u32,
+    pub allow_query_token: bool,
+    pub max_message_bytes: usize,
+    pub sanitize_mode: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            // Generous so tests that are not about rates never trip them.
+            messages_per_second: 1000,
+            burst: 1000,
+            max_violations: 10,
+            handshakes_per_minute_per_ip: 10_000,
+            allow_query_token: false,
+            max_message_bytes: 4096,
+            sanitize_mode: "strip",
+        }
+    }
+}
+
+/// A CA and a leaf for localhost/127.0.0.1 signed by it, made fresh for each server.
+pub struct TestCa {
+    pub ca_der: CertificateDer<'static>,
+    pub leaf_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "wss-chat test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let leaf = leaf.signed_by(&key, &ca).unwrap();
+        TestCa {
+            ca_der: ca.der().clone(),
+            leaf_pem: leaf.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Holds the config, certificate and secret for as long as the server runs.
+    _dir: tempfile::TempDir,
+    ca: CertificateDer<'static>,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn config_toml(o: &Opts) -> String {
+    let users: String = USERS
+        .iter()
+        .map(|(name, tok)| {
+            let rooms = if *name == "dave" {
+                "rooms = [\"other\"]\n"
+            } else {
+                ""
+            };
+            format!(
+                "[[auth.users]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\n{rooms}",
+                wss_chat::auth::sha256_hex(tok.as_bytes())
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[origins]
+allowed = ["{ORIGIN}", "https://*.corp.example.com"]
+[auth]
+jwt_secret_file = "jwt-secret"
+allow_query_token = {aqt}
+{users}
+[rooms]
+names = ["lobby", "other", "secret"]
+[limits]
+max_message_bytes = {mmb}
+messages_per_second = {mps}
+burst = {burst}
+max_violations = {mv}
+handshakes_per_minute_per_ip = {hs}
+[sanitize]
+mode = "{mode}"
+[log]
+level = "debug"
+"#,
+        aqt = o.allow_query_token,
+        mmb = o.max_message_bytes,
+        mps = o.messages_per_second,
+        burst = o.burst,
+        mv = o.max_violations,
+        hs = o.handshakes_per_minute_per_ip,
+        mode = o.sanitize_mode,
+    )
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&Opts::default())
+    }
+
+    pub fn start_with(o: &Opts) -> Server {
+        Server::start_config(&config_toml(o))
+    }
+
+    /// Start the binary on `config` (written to config.toml beside a fresh cert and secret).
+    pub fn start_config(config: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        std::fs::write(dir.path().join("cert.pem"), &ca.leaf_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &ca.key_pem).unwrap();
+        std::fs::write(dir.path().join("jwt-secret"), JWT_SECRET).unwrap();
+        let cfg_path = dir.path().join("config.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wss-chat"))
+            .args(["serve", "--config"])
+            .arg(&cfg_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("listening on ") {
+                    let _ = tx.send(line[i + 13..].trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Server {
+            addr,
+            _dir: dir,
+            ca: ca.ca_der,
+            child,
+            log,
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn connector(&self) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsConnector::from(Arc::new(cfg))
+    }
+
+    /// A TLS connection that verified the server's certificate against the test CA.
+    pub async fn tls(&self) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        self.connector()
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// Upgrade with the given headers; `Err` is the refusal's HTTP status.
+    pub async fn upgrade(&self, path: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+        self.upgrade_full(path, headers).await.map(|(ws, _)| ws)
+    }
+
+    /// Like `upgrade`, also returning the 101's headers.
+    pub async fn upgrade_full(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Ws, tungstenite::handshake::client::Response), u16> {
+        let mut req = format!("wss://localhost:{}{path}", self.addr.port())
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let tls = self.tls().await;
+        match tokio_tungstenite::client_async(req, tls).await {
+            Ok(x) => Ok(x),
+            Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("handshake failed without an HTTP status: {e}"),
+        }
+    }
+
+    /// Join `room` as `user` with the browser-like Origin; returns the socket after its welcome.
+    pub async fn join(&self, user: &str, room: &str) -> Ws {
+        let auth = format!("Bearer {}", token(user));
+        let mut ws = self
+            .upgrade(
+                &format!("/rooms/{room}"),
+                &[("Origin", ORIGIN), ("Authorization", &auth)],
+            )
+            .await
+            .unwrap_or_else(|s| panic!("{user} could not join {room}: HTTP {s}"));
+        let welcome = recv_json(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["user"], user);
+        assert_eq!(welcome["room"], room);
+        ws
+    }
+
+    /// Send one raw HTTP/1.1 request over TLS; returns the whole response as text.
+    pub async fn https_raw(&self, request: &[u8]) -> String {
+        let mut tls = self.tls().await;
+        tls.write_all(request).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+pub fn mint_jwt(sub: &str, exp_offset: i64, rooms: Option<Vec<&str>>, secret: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    wss_chat::auth::mint(
+        secret.as_bytes(),
+        &wss_chat::auth::Claims {
+            sub: sub.into(),
+            exp: (now + exp_offset) as u64,
+            nbf: None,
+            rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
+        },
+    )
+}
+
+/// The next data frame as JSON; fails the test after 5 s or on a close.
+pub async fn recv_json(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("stream ended")
+            .expect("read error");
+        match m {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+pub async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+pub async fn say(ws: &mut Ws, text: &str) {
+    send_json(ws, serde_json::json!({"type": "message", "text": text})).await;
+}
+
+/// Read until the server's Close frame and return its code; data frames before it are skipped.
+pub async fn expect_close(ws: &mut Ws) -> CloseCode {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("timed out waiting for a close frame");
+        match next {
+            Some(Ok(Message::Close(Some(f)))) => return f.code,
+            Some(Ok(Message::Close(None))) => panic!("close frame without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("connection ended without a close frame: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// Assert nothing arrives within `ms`.
+pub async fn expect_silence(ws: &mut Ws, ms: u64) {
+    if let Ok(m) = tokio::time::timeout(Duration::from_millis(ms), ws.next()).await {
+        panic!("expected nothing, got {m:?}");
+    }
+}
