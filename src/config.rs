@@ -74,9 +74,15 @@ pub struct ServerConfig {
     pub listen: String,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Live connections one user may hold (a leaked token cannot open thousands).
+    pub max_connections_per_user: usize,
     /// TLS handshake plus HTTP upgrade must finish within this, or the socket is dropped.
     pub handshake_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// The server pings every client this often, so dead peers and NAT timeouts show up.
+    pub ping_interval_ms: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout_ms: u64,
     /// Test-only: echo each message to its sender instead of broadcasting (for Autobahn).
     pub echo_mode: bool,
 }
@@ -88,6 +94,17 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// Create a self-signed development pair when the files are missing. Demo only.
     pub generate_self_signed: bool,
+    pub profile: TlsProfile,
+}
+
+/// Which TLS versions are offered (Mozilla's server-side TLS profiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsProfile {
+    /// TLS 1.2 and 1.3: every browser and client of the last decade.
+    Intermediate,
+    /// TLS 1.3 only, with an ECDSA certificate.
+    Modern,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,8 +197,11 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8443".into(),
             max_connections: 10_000,
             max_connections_per_ip: 64,
+            max_connections_per_user: 16,
             handshake_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
             echo_mode: false,
         }
     }
@@ -193,6 +213,7 @@ impl Default for TlsConfig {
             cert: "certs/cert.pem".into(),
             key: "certs/key.pem".into(),
             generate_self_signed: false,
+            profile: TlsProfile::Intermediate,
         }
     }
 }
@@ -308,6 +329,26 @@ impl Config {
             bad(
                 "server.handshake_timeout_ms",
                 "must be between 100 and 60000".into(),
+            );
+        }
+        if self.server.max_connections_per_user == 0 {
+            bad(
+                "server.max_connections_per_user",
+                "must be at least 1".into(),
+            );
+        }
+        if !(100..=3_600_000).contains(&self.server.ping_interval_ms) {
+            bad(
+                "server.ping_interval_ms",
+                "must be between 100 and 3600000".into(),
+            );
+        }
+        if self.server.idle_timeout_ms <= self.server.ping_interval_ms
+            || self.server.idle_timeout_ms > 86_400_000
+        {
+            bad(
+                "server.idle_timeout_ms",
+                "must be more than server.ping_interval_ms (so a live client can answer a ping) and at most 86400000".into(),
             );
         }
         if self.server.shutdown_timeout_ms > 300_000 {
@@ -521,68 +562,39 @@ impl Config {
         if self.sanitize.mode != d.sanitize.mode {
             w.push("sanitize.mode = \"basic\": some HTML formatting tags are delivered".into());
         }
-        let raised = |name: &str, v: u64, dv: u64, w: &mut Vec<String>| {
+        // Numeric limits: raising one above its default loosens it.
+        let numbers = |c: &Config| -> [(&'static str, u64); 13] {
+            let (l, s) = (&c.limits, &c.server);
+            [
+                ("limits.max_message_bytes", l.max_message_bytes as u64),
+                ("limits.messages_per_second", l.messages_per_second.into()),
+                ("limits.burst", l.burst.into()),
+                ("limits.max_violations", l.max_violations.into()),
+                (
+                    "limits.handshakes_per_minute_per_ip",
+                    l.handshakes_per_minute_per_ip.into(),
+                ),
+                ("limits.outbound_queue_bytes", l.outbound_queue_bytes as u64),
+                ("server.max_connections", s.max_connections as u64),
+                (
+                    "server.max_connections_per_ip",
+                    s.max_connections_per_ip as u64,
+                ),
+                (
+                    "server.max_connections_per_user",
+                    s.max_connections_per_user as u64,
+                ),
+                ("server.handshake_timeout_ms", s.handshake_timeout_ms),
+                ("server.idle_timeout_ms", s.idle_timeout_ms),
+                ("rooms.max_members", c.rooms.max_members as u64),
+                ("rooms.max_rooms", c.rooms.max_rooms as u64),
+            ]
+        };
+        for ((name, v), (_, dv)) in numbers(self).into_iter().zip(numbers(&d)) {
             if v > dv {
                 w.push(format!("{name} = {v} is above the default {dv}"));
             }
-        };
-        let (l, dl) = (&self.limits, &d.limits);
-        raised(
-            "limits.max_message_bytes",
-            l.max_message_bytes as u64,
-            dl.max_message_bytes as u64,
-            &mut w,
-        );
-        raised(
-            "limits.messages_per_second",
-            l.messages_per_second.into(),
-            dl.messages_per_second.into(),
-            &mut w,
-        );
-        raised("limits.burst", l.burst.into(), dl.burst.into(), &mut w);
-        raised(
-            "limits.max_violations",
-            l.max_violations.into(),
-            dl.max_violations.into(),
-            &mut w,
-        );
-        raised(
-            "limits.handshakes_per_minute_per_ip",
-            l.handshakes_per_minute_per_ip.into(),
-            dl.handshakes_per_minute_per_ip.into(),
-            &mut w,
-        );
-        raised(
-            "limits.outbound_queue_bytes",
-            l.outbound_queue_bytes as u64,
-            dl.outbound_queue_bytes as u64,
-            &mut w,
-        );
-        let (s, ds) = (&self.server, &d.server);
-        raised(
-            "server.max_connections",
-            s.max_connections as u64,
-            ds.max_connections as u64,
-            &mut w,
-        );
-        raised(
-            "server.max_connections_per_ip",
-            s.max_connections_per_ip as u64,
-            ds.max_connections_per_ip as u64,
-            &mut w,
-        );
-        raised(
-            "server.handshake_timeout_ms",
-            s.handshake_timeout_ms,
-            ds.handshake_timeout_ms,
-            &mut w,
-        );
-        raised(
-            "rooms.max_members",
-            self.rooms.max_members as u64,
-            d.rooms.max_members as u64,
-            &mut w,
-        );
+        }
         w
     }
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{self, Identity};
+use crate::limits::CapSlot;
 use crate::origin;
 use crate::protocol::{ServerFrame, SUBPROTOCOL};
 use crate::room::{next_conn_id, JoinError, Membership, Outbox, Outgoing};
@@ -38,12 +39,14 @@ pub enum Refusal {
     /// Room missing or not in the token: one answer for both.
     Room,
     RoomFull,
+    /// The user already holds `server.max_connections_per_user` connections.
+    UserCap,
 }
 
 impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
-            Refusal::Rate(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Rate(_) | Refusal::UserCap => StatusCode::TOO_MANY_REQUESTS,
             Refusal::NotUpgrade | Refusal::Version => StatusCode::UPGRADE_REQUIRED,
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
             Refusal::Origin(_) | Refusal::Room => StatusCode::FORBIDDEN,
@@ -63,6 +66,7 @@ impl Refusal {
             Refusal::Token(r) => r.as_str(),
             Refusal::Room => "room not available",
             Refusal::RoomFull => "room full",
+            Refusal::UserCap => "too many connections for this user",
         }
     }
 
@@ -74,7 +78,7 @@ impl Refusal {
             Refusal::Origin(_) => "origin",
             Refusal::Token(_) => "token",
             Refusal::Room => "room",
-            Refusal::RoomFull => "cap",
+            Refusal::RoomFull | Refusal::UserCap => "cap",
         }
     }
 }
@@ -83,6 +87,8 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Admitted {
     pub identity: Identity,
+    /// Counts this connection against `server.max_connections_per_user` while it lives.
+    pub user_slot: CapSlot<String>,
     pub membership: Membership,
     pub outbox: Arc<Outbox>,
     pub rx: mpsc::Receiver<Outgoing>,
@@ -140,6 +146,11 @@ pub fn gate<B>(
         return Err(Refusal::Room);
     }
 
+    let user_slot = shared
+        .user_slots
+        .try_take(identity.user.clone())
+        .ok_or(Refusal::UserCap)?;
+
     // The welcome is queued before the connection joins, so it is the first frame the client
     // reads even if the room is busy.
     let (outbox, rx) = Outbox::new(shared.config.limits.outbound_queue_bytes);
@@ -166,6 +177,7 @@ pub fn gate<B>(
 
     Ok(Admitted {
         identity,
+        user_slot,
         membership,
         outbox,
         rx,

@@ -49,6 +49,8 @@ pub struct Shared {
     pub limits: limits::Limits,
     pub sanitizer: sanitize::Sanitizer,
     pub rooms: Arc<room::Rooms>,
+    /// Live connections per user, for `server.max_connections_per_user`.
+    pub user_slots: Arc<limits::CapCounter<String>>,
     /// Sent in every welcome; built once rather than per connection.
     pub welcome_limits: WelcomeLimits,
     /// Size caps for every WebSocket, derived from `limits.max_message_bytes`.
@@ -78,7 +80,8 @@ pub async fn run(
         warn!("  set tls.generate_self_signed = false before exposing this server.");
         warn!("=================================================================");
     }
-    let tls_config = tls::load_server_config(&cert, &key)?;
+    let certs = tls::CertStore::load(&cert, &key, config.tls.profile)?;
+    let tls_config = certs.server_config()?;
     let auth = auth::Authenticator::from_config(&config.auth, &config.base_dir)?;
 
     let frame_limit = config.limits.max_message_bytes + ENVELOPE_ALLOWANCE;
@@ -105,6 +108,7 @@ pub async fn run(
         limits: limits::Limits::new(&config.limits),
         sanitizer: sanitize::Sanitizer::new(config.sanitize.mode),
         rooms: room::Rooms::new(&config.rooms),
+        user_slots: limits::CapCounter::new(config.server.max_connections_per_user),
         welcome_limits: WelcomeLimits {
             max_message_bytes: config.limits.max_message_bytes,
             messages_per_second: config.limits.messages_per_second,
@@ -115,6 +119,7 @@ pub async fn run(
         config,
     });
     info!("listening on {addr}");
+    tokio::spawn(reload_on_sighup(certs));
     on_bound(addr);
     server::serve(
         shared,
@@ -125,4 +130,19 @@ pub async fn run(
     )
     .await;
     Ok(())
+}
+
+/// Reload the certificate on every SIGHUP; a bad pair is refused and the old one kept.
+async fn reload_on_sighup(certs: Arc<tls::CertStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP: certificate reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => info!("certificate reloaded"),
+            Err(e) => tracing::error!("certificate reload refused, keeping the current one: {e}"),
+        }
+    }
 }

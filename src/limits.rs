@@ -1,11 +1,17 @@
-//! Rate limits: messages per connection and per user, handshakes per source address.
+//! Rate limits and caps: messages per connection and per user, handshakes per source address,
+//! and the counted caps on live connections per address and per user.
 //!
-//! All three are governor GCRA limiters, which cost a few dozen bytes per key and need no
+//! The rates are governor GCRA limiters, which cost a few dozen bytes per key and need no
 //! timer per client. The keyed ones grow with every distinct user or address they see, so
-//! [`Limits::prune`] runs on a timer to drop keys idle for a full replenish interval.
+//! [`Limits::prune`] runs on a timer to drop keys idle for a full replenish interval. A
+//! [`CapCounter`] holds an entry only while its key has live connections, so it is bounded by
+//! `server.max_connections` however many addresses or users come and go.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
@@ -132,6 +138,67 @@ impl ConnectionLimiter {
     }
 }
 
+/// At most `max` live holders per key.
+#[derive(Debug)]
+pub struct CapCounter<K: Hash + Eq> {
+    counts: Mutex<HashMap<K, usize>>,
+    max: usize,
+}
+
+impl<K: Hash + Eq + Clone> CapCounter<K> {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(CapCounter {
+            counts: Mutex::new(HashMap::new()),
+            max,
+        })
+    }
+
+    /// A slot for `key`, or `None` when it already holds `max`. The slot frees itself on drop.
+    pub fn try_take(self: &Arc<Self>, key: K) -> Option<CapSlot<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= self.max {
+            if *n == 0 {
+                counts.remove(&key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(CapSlot {
+            owner: self.clone(),
+            key,
+        })
+    }
+
+    /// Keys with at least one live slot.
+    pub fn len(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One live holder's place under a [`CapCounter`].
+#[derive(Debug)]
+pub struct CapSlot<K: Hash + Eq + Clone> {
+    owner: Arc<CapCounter<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Drop for CapSlot<K> {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The key an address is counted under: IPv4 as is, IPv6 by its /64.
 pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
@@ -198,6 +265,20 @@ mod tests {
             .check_handshake("2001:db9::1".parse().unwrap())
             .is_ok());
         assert!(limits.check_handshake("127.0.0.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn cap_counter_frees_on_drop_and_forgets_idle_keys() {
+        let caps = CapCounter::new(2);
+        let a1 = caps.try_take("a").unwrap();
+        let _a2 = caps.try_take("a").unwrap();
+        assert!(caps.try_take("a").is_none());
+        let b = caps.try_take("b").unwrap();
+        assert_eq!(caps.len(), 2);
+        drop(a1);
+        assert!(caps.try_take("a").is_some());
+        drop(b);
+        assert_eq!(caps.len(), 1, "a key with no live slot is forgotten");
     }
 
     #[test]

@@ -7,10 +7,9 @@
 //! `server.handshake_timeout_ms`. On shutdown the listener closes, every session sends Close
 //! 1001, and [`serve`] waits up to `server.shutdown_timeout_ms` for them to go.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -21,7 +20,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::limits::address_key;
+use crate::limits::{address_key, CapCounter, CapSlot};
 use crate::Shared;
 
 /// Largest HTTP request head we read (request line plus headers); past it hyper answers 431.
@@ -31,32 +30,11 @@ const MAX_HEADERS: usize = 64;
 /// How often idle rate-limiter keys are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Live connections per source address.
-#[derive(Debug, Default)]
-struct PerIp {
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
 /// What one accepted connection holds until it ends; dropping it frees its place in both caps.
 #[derive(Debug)]
 pub struct ConnGuard {
     _permit: OwnedSemaphorePermit,
-    per_ip: Arc<PerIp>,
-    key: IpAddr,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let mut counts = self.per_ip.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                // Entries exist only for addresses with live connections, so the map is
-                // bounded by max_connections however many addresses have come and gone.
-                counts.remove(&self.key);
-            }
-        }
-    }
+    _per_ip: CapSlot<IpAddr>,
 }
 
 /// Accept on `listener` until `shutdown` resolves, then drain.
@@ -69,7 +47,7 @@ pub async fn serve(
 ) {
     let cfg = &shared.config.server;
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let per_ip = Arc::new(PerIp::default());
+    let per_ip = CapCounter::new(cfg.max_connections_per_ip);
     let pruner = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -94,7 +72,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(guard) = admit(&slots, &per_ip, cfg.max_connections_per_ip, peer.ip()) else {
+        let Some(guard) = admit(&slots, &per_ip, peer.ip()) else {
             debug!(%peer, "connection refused at accept: over a connection cap");
             drop(tcp);
             continue;
@@ -123,22 +101,14 @@ pub async fn serve(
 
 fn admit(
     slots: &Arc<Semaphore>,
-    per_ip: &Arc<PerIp>,
-    max_per_ip: usize,
+    per_ip: &Arc<CapCounter<IpAddr>>,
     ip: IpAddr,
 ) -> Option<ConnGuard> {
     let permit = slots.clone().try_acquire_owned().ok()?;
-    let key = address_key(ip);
-    let mut counts = per_ip.counts.lock().unwrap_or_else(|p| p.into_inner());
-    let n = counts.entry(key).or_insert(0);
-    if *n >= max_per_ip {
-        return None;
-    }
-    *n += 1;
+    let slot = per_ip.try_take(address_key(ip))?;
     Some(ConnGuard {
         _permit: permit,
-        per_ip: per_ip.clone(),
-        key,
+        _per_ip: slot,
     })
 }
 

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
+use crate::auth::Identity;
 use crate::handshake::Admitted;
 use crate::limits::Verdict;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
@@ -53,8 +54,9 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     let (sink, stream) = ws.split();
     let mut shutdown = shared.shutdown.clone();
     let ending = {
-        let writer = write_loop(sink, rx, &outbox, &mut shutdown);
-        let reader = read_loop(stream, &shared, &outbox, &identity.user, &membership);
+        let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
+        let writer = write_loop(sink, rx, &outbox, &mut shutdown, ping_every);
+        let reader = read_loop(stream, &shared, &outbox, &identity, &membership);
         tokio::pin!(writer);
         tokio::pin!(reader);
 
@@ -90,11 +92,38 @@ async fn read_loop(
     mut stream: futures_util::stream::SplitStream<Ws>,
     shared: &Shared,
     outbox: &Outbox,
-    user: &str,
+    identity: &Identity,
     membership: &crate::room::Membership,
 ) -> Option<Ending> {
+    let user = identity.user.as_str();
     let mut limiter = shared.limits.connection();
-    while let Some(msg) = stream.next().await {
+    let idle = Duration::from_millis(shared.config.server.idle_timeout_ms);
+    // A signed token's expiry, turned into a deadline on the runtime's clock.
+    let expires = identity.expires_at.map(|exp| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+    });
+    let token_expired = async {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(token_expired);
+    loop {
+        // Any frame, a pong included, proves the peer alive; silence past `idle` does not.
+        let msg = tokio::select! {
+            next = tokio::time::timeout(idle, stream.next()) => match next {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return None,
+                Err(_) => return Some(Ending { code: close::GOING_AWAY, reason: "idle timeout" }),
+            },
+            _ = &mut token_expired => {
+                return Some(Ending { code: close::POLICY, reason: "token expired" });
+            }
+        };
         let text = match msg {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => {
@@ -103,11 +132,19 @@ async fn read_loop(
                     reason: "binary frames are not supported",
                 })
             }
-            // tungstenite answers pings and close frames itself; keep reading so the reply
-            // to a Close goes out and the stream then ends.
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
-                continue
+            // tungstenite answers each ping with a pong; that costs us a write, so pings draw on
+            // the same quota as messages and a ping flood ends like a message flood.
+            Ok(Message::Ping(_)) => {
+                if limiter.check(&shared.limits, user) == Verdict::Disconnect {
+                    return Some(Ending {
+                        code: close::POLICY,
+                        reason: "rate limit exceeded repeatedly",
+                    });
+                }
+                continue;
             }
+            // Keep reading after a Close so tungstenite's reply goes out and the stream ends.
+            Ok(Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => continue,
             Err(e) => return error_ending(&e),
         };
 
@@ -194,7 +231,6 @@ async fn read_loop(
             outbox.push(Message::text(ServerFrame::Ack { id, seq }.to_json()));
         }
     }
-    None
 }
 
 /// The Close to send for an error reading a frame, per RFC 6455 section 7.4.1.
@@ -220,7 +256,10 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outgoing>,
     outbox: &Outbox,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ping_every: Duration,
 ) -> Ending {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let closing = loop {
         let first = tokio::select! {
             biased;
@@ -237,6 +276,7 @@ async fn write_loop(
                 Some(item) => item,
                 None => return Ending { code: CloseCode::Normal, reason: "done" },
             },
+            _ = ping.tick() => Outgoing::Frame(Message::Ping(Default::default())),
         };
         // Write this item and everything else already queued, then flush once. A socket that
         // will not drain must not hold us here past an overflow or a shutdown.

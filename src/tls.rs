@@ -1,19 +1,95 @@
-//! TLS: building the rustls server configuration from PEM files, and development certificates.
+//! TLS: the rustls server configuration, the certificate it serves (reloadable), and
+//! development certificates.
 //!
 //! rustls offers only TLS 1.2 and 1.3 with AEAD cipher suites (no CBC, no RC4, no TLS 1.0/1.1),
 //! and with aws-lc-rs, the single crypto provider in the tree, it prefers the post-quantum
-//! hybrid group X25519MLKEM768. PEM files are read with `rustls::pki_types::pem::PemObject`;
-//! rustls-pemfile is unmaintained (RUSTSEC-2025-0134) and is not used.
+//! hybrid group X25519MLKEM768. The certificate sits behind [`CertStore`] so SIGHUP can swap
+//! it: new handshakes get the new pair, live connections keep theirs, and a broken pair is
+//! refused while the old one stays in use. PEM files are read with
+//! `rustls::pki_types::pem::PemObject`; rustls-pemfile is unmaintained (RUSTSEC-2025-0134).
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SignatureAlgorithm};
 
-/// Load a certificate chain and its private key into a server config offering HTTP/1.1.
-pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+use crate::config::TlsProfile;
+
+/// The certificate and key served to new handshakes, replaceable while running.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    profile: TlsProfile,
+    provider: Arc<CryptoProvider>,
+}
+
+impl CertStore {
+    /// Load the pair at these paths; fails with the config key at fault.
+    pub fn load(cert: &Path, key: &Path, profile: TlsProfile) -> Result<Arc<CertStore>, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let ck = load_pair(cert, key, profile, &provider)?;
+        Ok(Arc::new(CertStore {
+            current: RwLock::new(Arc::new(ck)),
+            cert_path: cert.to_path_buf(),
+            key_path: key.to_path_buf(),
+            profile,
+            provider,
+        }))
+    }
+
+    /// Read the files again and, if they form a usable pair, serve them from now on.
+    /// On error the current pair stays in use.
+    pub fn reload(&self) -> Result<(), String> {
+        let ck = load_pair(
+            &self.cert_path,
+            &self.key_path,
+            self.profile,
+            &self.provider,
+        )?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+        Ok(())
+    }
+
+    /// A server config that asks this store for its certificate on every handshake.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, String> {
+        let versions: &[&rustls::SupportedProtocolVersion] = match self.profile {
+            TlsProfile::Intermediate => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsProfile::Modern => &[&rustls::version::TLS13],
+        };
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| format!("tls: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn load_pair(
+    cert: &Path,
+    key: &Path,
+    profile: TlsProfile,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("tls.cert: cannot read {}: {e}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -33,12 +109,20 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
             key.display()
         )
     })?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
+    let ck = CertifiedKey::from_der(chain, key_der, provider)
         .map_err(|e| format!("tls: certificate and key do not form a usable pair: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    if profile == TlsProfile::Modern
+        && !matches!(
+            ck.key.algorithm(),
+            SignatureAlgorithm::ECDSA | SignatureAlgorithm::ED25519
+        )
+    {
+        return Err(
+            "tls.profile = \"modern\" needs an ECDSA (or Ed25519) certificate; this key is RSA"
+                .into(),
+        );
+    }
+    Ok(ck)
 }
 
 /// A self-signed certificate and key for `hosts`, in PEM.
@@ -76,19 +160,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_pair_loads_and_mismatch_is_refused() {
+    fn generated_pair_loads_mismatch_is_refused_and_reload_keeps_old_on_error() {
         let dir = tempfile::tempdir().unwrap();
         let (c1, k1) = (dir.path().join("c1.pem"), dir.path().join("k1.pem"));
         let (c2, k2) = (dir.path().join("c2.pem"), dir.path().join("k2.pem"));
         write_self_signed(&c1, &k1, &["localhost".into()]).unwrap();
         write_self_signed(&c2, &k2, &["localhost".into()]).unwrap();
-        assert!(load_server_config(&c1, &k1).is_ok());
-        let e = load_server_config(&c1, &k2).unwrap_err();
+        let store = CertStore::load(&c1, &k1, TlsProfile::Modern).unwrap();
+        assert!(store.server_config().is_ok());
+        let e = CertStore::load(&c1, &k2, TlsProfile::Intermediate).unwrap_err();
         assert!(e.starts_with("tls:"), "{e}");
-        let e = load_server_config(&c1, &dir.path().join("missing")).unwrap_err();
+        let e = CertStore::load(&c1, &dir.path().join("missing"), TlsProfile::Intermediate)
+            .unwrap_err();
         assert!(e.starts_with("tls.key:"), "{e}");
+
+        let before = store.current.read().unwrap().cert[0].clone();
+        std::fs::copy(&k2, &k1).unwrap();
+        assert!(store.reload().is_err());
+        assert_eq!(store.current.read().unwrap().cert[0], before);
+        std::fs::copy(&c2, &c1).unwrap();
+        store.reload().unwrap();
+        assert_ne!(store.current.read().unwrap().cert[0], before);
+
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&k1).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&k2).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

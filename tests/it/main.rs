@@ -5,4 +5,5 @@ mod config;
 mod frames;
 mod handshake;
 mod limits;
+mod resilience;
 mod support;

@@ -46,6 +46,9 @@ pub struct Opts {
     pub allow_query_token: bool,
     pub max_message_bytes: usize,
     pub sanitize_mode: &'static str,
+    /// Extra `key = value` lines for the `[server]` table.
+    pub server: &'static str,
+    pub outbound_queue_bytes: usize,
 }
 
 impl Default for Opts {
@@ -59,6 +62,8 @@ impl Default for Opts {
             allow_query_token: false,
             max_message_bytes: 4096,
             sanitize_mode: "strip",
+            server: "",
+            outbound_queue_bytes: 1 << 20,
         }
     }
 }
@@ -98,9 +103,10 @@ impl TestCa {
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// The CA the client trusts; a test may swap it after a certificate reload.
+    pub trusted_ca: CertificateDer<'static>,
     /// Holds the config, certificate and secret for as long as the server runs.
     _dir: tempfile::TempDir,
-    ca: CertificateDer<'static>,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -131,6 +137,7 @@ pub fn config_toml(o: &Opts) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
+{server}
 [tls]
 cert = "cert.pem"
 key = "key.pem"
@@ -148,6 +155,7 @@ messages_per_second = {mps}
 burst = {burst}
 max_violations = {mv}
 handshakes_per_minute_per_ip = {hs}
+outbound_queue_bytes = {oqb}
 [sanitize]
 mode = "{mode}"
 [log]
@@ -160,6 +168,8 @@ level = "debug"
         mv = o.max_violations,
         hs = o.handshakes_per_minute_per_ip,
         mode = o.sanitize_mode,
+        server = o.server,
+        oqb = o.outbound_queue_bytes,
     )
 }
 
@@ -211,11 +221,50 @@ impl Server {
         };
         Server {
             addr,
+            trusted_ca: ca.ca_der.clone(),
             _dir: dir,
-            ca: ca.ca_der,
+
             child,
             log,
         }
+    }
+
+    /// A file in the server's directory (config.toml, cert.pem, key.pem).
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(name)
+    }
+
+    /// Send a signal (TERM, HUP, ...) to the server process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    /// Wait up to `within` for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + within;
+        while std::time::Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Wait up to 5 s for a log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..250 {
+            if let Some(l) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no log line with {needle:?}: {:#?}", self.log());
     }
 
     /// Every log line so far.
@@ -225,7 +274,7 @@ impl Server {
 
     pub fn connector(&self) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
+        roots.add(self.trusted_ca.clone()).unwrap();
         let mut cfg = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -236,10 +285,41 @@ impl Server {
     /// A TLS connection that verified the server's certificate against the test CA.
     pub async fn tls(&self) -> TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
+        self.try_tls(tcp).await.unwrap()
+    }
+
+    /// TLS over a given TCP stream; `Err` when the handshake fails.
+    pub async fn try_tls(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.connector()
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
-            .unwrap()
+    }
+
+    /// A TCP connection from a chosen loopback source address, with an optional small
+    /// receive buffer (to make a slow reader's socket fill quickly).
+    pub async fn tcp_from(&self, src: &str, recv_buf: Option<u32>) -> TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(n) = recv_buf {
+            sock.set_recv_buffer_size(n).unwrap();
+        }
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        sock.connect(self.addr).await.unwrap()
+    }
+
+    /// Join over a given TCP stream (see `tcp_from`), after the welcome.
+    pub async fn join_over(&self, tcp: TcpStream, user: &str, room: &str) -> Ws {
+        let tls = self.try_tls(tcp).await.unwrap();
+        let mut req = format!("wss://localhost:{}/rooms/{room}", self.addr.port())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert("Origin", ORIGIN.parse().unwrap());
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", token(user)).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        assert_eq!(recv_json(&mut ws).await["type"], "welcome");
+        ws
     }
 
     /// Upgrade with the given headers; `Err` is the refusal's HTTP status.
