@@ -109,6 +109,9 @@ fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Body> {
 fn refused(refusal: Refusal) -> Response<Body> {
     let mut r = plain(refusal.status(), refusal.reason());
     let h = r.headers_mut();
+    // A refused client gets its answer and the connection back; it does not get to hold the
+    // socket for more attempts.
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
     match refusal {
         Refusal::Rate(wait) => {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

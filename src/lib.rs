@@ -35,6 +35,8 @@ use protocol::WelcomeLimits;
 /// id, quotes and escapes). A larger frame is closed with 1009 by the WebSocket layer before it
 /// is buffered; a text over the limit inside a frame that fits gets `too_long`.
 pub const ENVELOPE_ALLOWANCE: usize = 1024;
+/// Message size limit in `server.echo_mode` (test only): what Autobahn|Testsuite sends.
+const ECHO_MODE_MESSAGE_LIMIT: usize = 16 << 20;
 /// tungstenite reads in chunks of this; its 128 KiB default costs that much per connection.
 const READ_BUFFER: usize = 4 * 1024;
 /// Frames are batched up to this before a write; flush writes the rest.
@@ -84,7 +86,13 @@ pub async fn run(
     let tls_config = certs.server_config()?;
     let auth = auth::Authenticator::from_config(&config.auth, &config.base_dir)?;
 
-    let frame_limit = config.limits.max_message_bytes + ENVELOPE_ALLOWANCE;
+    let frame_limit = if config.server.echo_mode {
+        // The conformance suite sends messages up to 16 MiB; echo mode exists only for it
+        // and only on loopback (config.rs refuses it elsewhere).
+        ECHO_MODE_MESSAGE_LIMIT
+    } else {
+        config.limits.max_message_bytes + ENVELOPE_ALLOWANCE
+    };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

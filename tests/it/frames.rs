@@ -101,3 +101,109 @@ async fn protocol_violations_close_1002() {
         );
     }
 }
+
+#[tokio::test]
+async fn more_protocol_violations_close_1002() {
+    let s = Server::start();
+    let unmasked = {
+        let mut f = vec![0x81, 2];
+        f.extend_from_slice(b"{}");
+        f
+    };
+    let mut data_inside_fragment = frame(0x01, b"{\"type\":");
+    data_inside_fragment.extend(frame(0x81, b"{}"));
+    let mut bad_close_code = 999u16.to_be_bytes().to_vec();
+    bad_close_code.extend_from_slice(b"bye");
+    for (name, bytes) in [
+        ("unmasked client frame", unmasked),
+        (
+            "new data frame inside a fragmented message",
+            data_inside_fragment,
+        ),
+        ("close code 999", frame(0x88, &bad_close_code)),
+        (
+            "close code 1005 (reserved, never sent)",
+            frame(0x88, &1005u16.to_be_bytes()),
+        ),
+        ("close frame with a 1-byte payload", frame(0x88, &[3])),
+    ] {
+        let mut a = s.join("alice", "lobby").await;
+        assert_eq!(
+            raw_close_code(&mut a, &bytes).await,
+            CloseCode::Protocol,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_close_reason_closes_1007() {
+    let s = Server::start();
+    let mut a = s.join("alice", "lobby").await;
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye \xc3\x28");
+    assert_eq!(
+        raw_close_code(&mut a, &frame(0x88, &payload)).await,
+        CloseCode::Invalid
+    );
+}
+
+#[tokio::test]
+async fn a_2_pow_62_length_header_closes_1009_at_once_without_allocating() {
+    let s = Server::start();
+    let mut b = s.join("bob", "lobby").await;
+    let before = s.rss_kib();
+    let mut a = s.join("alice", "lobby").await;
+    // FIN + text, masked, 64-bit length 2^62, a mask, then a few bytes of "payload".
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    header.extend_from_slice(b"abcd");
+    let start = std::time::Instant::now();
+    assert_eq!(raw_close_code(&mut a, &header).await, CloseCode::Size);
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    let after = s.rss_kib();
+    assert!(
+        after < before + 4 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    let mut c = s.join("carol", "lobby").await;
+    say(&mut c, "unharmed").await;
+    assert_eq!(recv_json(&mut b).await["text"], "unharmed");
+}
+
+#[tokio::test]
+async fn json_depth_bomb_and_wide_object_get_an_error_not_a_crash() {
+    // Under the default limit a 20 KB bomb does not even fit a frame: 1009.
+    let s = Server::start();
+    let bomb = "[".repeat(10_000) + &"]".repeat(10_000);
+    let mut a = s.join("alice", "lobby").await;
+    a.send(Message::text(bomb.clone())).await.unwrap();
+    assert_eq!(expect_close(&mut a).await, CloseCode::Size);
+
+    // With room for it, serde_json's recursion limit refuses it as a bad request.
+    let s = Server::start_with(&Opts {
+        max_message_bytes: 64 * 1024,
+        ..Opts::default()
+    });
+    let mut a = s.join("alice", "lobby").await;
+    let mut b = s.join("bob", "lobby").await;
+    a.send(Message::text(bomb)).await.unwrap();
+    assert_eq!(recv_json(&mut a).await["code"], "bad_request");
+    let deep_text = format!(
+        r#"{{"type":"message","text":"deep","extra":{}{}}}"#,
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    a.send(Message::text(deep_text)).await.unwrap();
+    assert_eq!(recv_json(&mut a).await["code"], "bad_request");
+    let wide: String = (0..1000).map(|i| format!(r#","k{i}":{i}"#)).collect();
+    a.send(Message::text(format!(
+        r#"{{"type":"message","text":"wide"{wide}}}"#
+    )))
+    .await
+    .unwrap();
+    assert_eq!(recv_json(&mut b).await["text"], "wide");
+    say(&mut a, "still serving").await;
+    assert_eq!(recv_json(&mut b).await["text"], "still serving");
+}

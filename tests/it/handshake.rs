@@ -307,3 +307,247 @@ async fn tls_13_with_post_quantum_hybrid_key_exchange() {
     );
     assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
+
+#[tokio::test]
+async fn more_token_attacks_get_401_and_a_token_for_another_room_403() {
+    let s = Server::start();
+    let o = ("Origin", ORIGIN);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let not_yet = wss_chat::auth::mint(
+        JWT_SECRET.as_bytes(),
+        &wss_chat::auth::Claims {
+            sub: "erin".into(),
+            exp: now + 7200,
+            nbf: Some(now + 3600),
+            rooms: None,
+        },
+    );
+    let valid = mint_jwt("erin", 3600, None, JWT_SECRET);
+    let payload = valid.split('.').nth(1).unwrap();
+    // {"alg":"none","typ":"JWT"} with no signature, and the same with "HS512".
+    let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+    let alg_hs512 = format!("eyJhbGciOiJIUzUxMiIsInR5cCI6IkpXVCJ9.{payload}.");
+    // The signature of a valid token on a payload it was not made for.
+    let sig = valid.split('.').nth(2).unwrap();
+    let other_payload = mint_jwt("mallory", 3600, None, "x".repeat(40).as_str());
+    let spliced = format!(
+        "{}.{}.{sig}",
+        valid.split('.').next().unwrap(),
+        other_payload.split('.').nth(1).unwrap()
+    );
+    for (name, auth) in [
+        ("malformed", "Bearer %%%not a token%%%".to_string()),
+        ("wrong scheme", format!("Basic {}", token("alice"))),
+        ("alg none", format!("Bearer {alg_none}")),
+        ("alg HS512 unsigned", format!("Bearer {alg_hs512}")),
+        ("spliced payload", format!("Bearer {spliced}")),
+        ("not yet valid", format!("Bearer {not_yet}")),
+    ] {
+        assert_eq!(
+            s.upgrade("/rooms/lobby", &[o, ("Authorization", &auth)])
+                .await
+                .err(),
+            Some(401),
+            "{name}"
+        );
+    }
+    let for_other = format!(
+        "Bearer {}",
+        mint_jwt("erin", 3600, Some(vec!["other"]), JWT_SECRET)
+    );
+    assert_eq!(
+        s.upgrade("/rooms/lobby", &[o, ("Authorization", &for_other)])
+            .await
+            .err(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn upper_case_look_alikes_are_refused_and_nothing_reaches_any_room() {
+    let s = Server::start();
+    let mut lobby = s.join("bob", "lobby").await;
+    let mut other = s.join("dave", "other").await;
+    let auth = format!("Bearer {}", token("alice"));
+    for origin in [
+        "HTTPS://CHAT.EXAMPLE.COM.EVIL.NET",
+        "https://EVIL-chat.example.com",
+        "https://Chat.Example.Com:8443",
+        "HTTP://CHAT.EXAMPLE.COM",
+    ] {
+        for room in ["lobby", "other"] {
+            let r = s
+                .upgrade(
+                    &format!("/rooms/{room}"),
+                    &[("Origin", origin), ("Authorization", &auth)],
+                )
+                .await;
+            assert_eq!(r.err(), Some(403), "{origin}");
+        }
+    }
+    expect_silence(&mut lobby, 200).await;
+    expect_silence(&mut other, 100).await;
+}
+
+fn upgrade_request(method: &str, version: &str, extra: &str) -> String {
+    format!(
+        "{method} /rooms/lobby {version}\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\
+         Authorization: Bearer {}\r\n{extra}\r\n",
+        token("alice")
+    )
+}
+
+#[tokio::test]
+async fn malformed_upgrades_never_get_101_and_the_server_keeps_serving() {
+    let s = Server::start();
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let huge = format!("{key}X-Big: {}\r\n", "a".repeat(100 * 1024));
+    let many: String = key.to_string()
+        + &(0..500)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>();
+    for (name, req, want) in [
+        (
+            "POST",
+            upgrade_request("POST", "HTTP/1.1", key),
+            Some("400"),
+        ),
+        (
+            "HTTP/1.0",
+            upgrade_request("GET", "HTTP/1.0", key),
+            Some("400"),
+        ),
+        (
+            "no key",
+            upgrade_request("GET", "HTTP/1.1", ""),
+            Some("400"),
+        ),
+        (
+            "short key",
+            upgrade_request("GET", "HTTP/1.1", "Sec-WebSocket-Key: abc\r\n"),
+            Some("400"),
+        ),
+        (
+            "100 KB header",
+            upgrade_request("GET", "HTTP/1.1", &huge),
+            None,
+        ),
+        (
+            "500 headers",
+            upgrade_request("GET", "HTTP/1.1", &many),
+            None,
+        ),
+    ] {
+        let start = std::time::Instant::now();
+        let resp = s.https_raw(req.as_bytes()).await;
+        assert!(!resp.contains(" 101 "), "{name}: {resp}");
+        match want {
+            // hyper answers an HTTP/1.0 request in HTTP/1.0.
+            Some(code) => assert!(
+                resp.starts_with(&format!("HTTP/1.1 {code}"))
+                    || resp.starts_with(&format!("HTTP/1.0 {code}")),
+                "{name}: {resp}"
+            ),
+            None => assert!(
+                resp.is_empty() || resp.starts_with("HTTP/1.1 4"),
+                "{name}: {resp}"
+            ),
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{name}: slow close"
+        );
+    }
+    let mut a = s.join("alice", "lobby").await;
+    let mut b = s.join("bob", "lobby").await;
+    say(&mut a, "still serving").await;
+    assert_eq!(recv_json(&mut b).await["text"], "still serving");
+}
+
+/// A ClientHello offering only `version` (no supported_versions extension) and `suites`.
+fn client_hello(version: [u8; 2], suites: &[u16]) -> Vec<u8> {
+    let mut body = version.to_vec();
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // null compression
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&[0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]); // groups
+    ext.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]); // point formats
+    ext.extend_from_slice(&[
+        0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01,
+    ]); // sig algs
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend(body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    rec
+}
+
+async fn tls_reply(s: &Server, hello: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut buf = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+    buf
+}
+
+#[tokio::test]
+async fn old_tls_versions_and_cbc_only_suites_are_refused() {
+    let s = Server::start();
+    const CBC: [u16; 4] = [0xc013, 0xc014, 0x002f, 0x0035];
+    const GCM: [u16; 2] = [0xc02b, 0xc02f];
+    for (name, hello, alert) in [
+        ("TLS 1.0", client_hello([3, 1], &GCM), 70u8),
+        ("TLS 1.1", client_hello([3, 2], &GCM), 70),
+        (
+            "TLS 1.2 with CBC suites only",
+            client_hello([3, 3], &CBC),
+            40,
+        ),
+    ] {
+        let reply = tls_reply(&s, &hello).await;
+        // A fatal alert record and nothing else: no ServerHello (a handshake record, 0x16).
+        assert_eq!(reply.first(), Some(&0x15), "{name}: {reply:02x?}");
+        assert_eq!(
+            reply.get(5..7),
+            Some(&[2, alert][..]),
+            "{name}: {reply:02x?}"
+        );
+    }
+    // The same hello with a suite we support gets a ServerHello, so the refusals above are
+    // about the version and the suites, not a broken hello.
+    let ok = tls_reply(&s, &client_hello([3, 3], &GCM)).await;
+    assert_eq!(ok.first(), Some(&0x16), "{ok:02x?}");
+}
+
+#[tokio::test]
+async fn plain_ws_to_the_tls_port_never_gets_101() {
+    let s = Server::start();
+    let reply = tls_reply(
+        &s,
+        upgrade_request(
+            "GET",
+            "HTTP/1.1",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        )
+        .as_bytes(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(!text.contains("101") && !text.starts_with("HTTP"), "{text}");
+    let _still = s.join("alice", "lobby").await;
+}

@@ -81,3 +81,43 @@ async fn user_quota_is_shared_across_connections() {
     assert_eq!(recv_json(&mut a2).await["text"], "one");
     assert_eq!(recv_json(&mut a2).await["code"], "rate_limited");
 }
+
+#[tokio::test]
+async fn ping_flood_counts_toward_the_limit_then_1008() {
+    let s = Server::start_with(&Opts {
+        messages_per_second: 2,
+        burst: 3,
+        max_violations: 5,
+        ..Opts::default()
+    });
+    let mut a = s.join("alice", "lobby").await;
+    let mut b = s.join("bob", "lobby").await;
+    for _ in 0..50 {
+        futures_util::SinkExt::send(
+            &mut a,
+            tokio_tungstenite::tungstenite::Message::Ping(vec![7].into()),
+        )
+        .await
+        .unwrap();
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut a),
+        )
+        .await
+        .expect("no close after a ping flood")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Pong(_))) => pongs += 1,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => break f.code,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, CloseCode::Policy);
+    assert!(pongs < 50, "every ping was answered: {pongs}");
+    say(&mut b, "fine").await;
+    let mut c = s.join("carol", "lobby").await;
+    say(&mut b, "still fine").await;
+    assert_eq!(recv_json(&mut c).await["text"], "still fine");
+}
