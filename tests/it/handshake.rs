@@ -551,3 +551,36 @@ async fn plain_ws_to_the_tls_port_never_gets_101() {
     assert!(!text.contains("101") && !text.starts_with("HTTP"), "{text}");
     let _still = s.join("alice", "lobby").await;
 }
+
+#[tokio::test]
+async fn modern_profile_refuses_tls_12_and_intermediate_accepts_it() {
+    let tls12_client = |s: &Server| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(s.trusted_ca.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    };
+    let name = || rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    let intermediate = Server::start();
+    let tcp = tokio::net::TcpStream::connect(intermediate.addr)
+        .await
+        .unwrap();
+    let tls = tls12_client(&intermediate)
+        .connect(name(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+
+    let modern = Server::start_config(
+        &config_toml(&Opts::default()).replace("[tls]\n", "[tls]\nprofile = \"modern\"\n"),
+    );
+    let tcp = tokio::net::TcpStream::connect(modern.addr).await.unwrap();
+    assert!(tls12_client(&modern).connect(name(), tcp).await.is_err());
+    let _ok = modern.join("alice", "lobby").await;
+}

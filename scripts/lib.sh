@@ -1,0 +1,70 @@
+# Shared by the yardstick scripts: a test CA, and starting the server on a free port.
+# Source it; it defines functions only.
+
+# make_test_ca DIR: DIR/ca.pem, and a leaf DIR/cert.pem + DIR/key.pem (ECDSA P-256, CA:FALSE,
+# serverAuth, SAN localhost and 127.0.0.1, 90 days: what sslyze's Mozilla checks expect).
+make_test_ca() {
+  local d=$1
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca-key.pem" 2>/dev/null
+  openssl req -x509 -new -key "$d/ca-key.pem" -sha256 -days 90 -subj "/CN=wss-chat test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$d/ca.pem" 2>/dev/null
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/leaf-key.pem" 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in "$d/leaf-key.pem" -out "$d/key.pem"
+  openssl req -new -key "$d/key.pem" -subj "/CN=localhost" -out "$d/leaf.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" > "$d/leaf.ext"
+  openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial \
+    -days 90 -sha256 -extfile "$d/leaf.ext" -out "$d/cert.pem" 2>/dev/null
+  chmod 600 "$d/key.pem" "$d/ca-key.pem"
+}
+
+# start_server BIN CONFIG LOG: starts it in the background, sets SERVER_PID and SERVER_PORT.
+start_server() {
+  local bin=$1 config=$2 log=$3
+  "$bin" serve --config "$config" > "$log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    SERVER_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
+    [ -n "$SERVER_PORT" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "server did not start:"; cat "$log"; return 1
+}
+
+stop_server() {
+  [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  SERVER_PID=
+}
+
+# server_config DIR EXTRA: a config for a yardstick run in DIR (CA from make_test_ca), with
+# the demo user "yardstick" whose token is $YARDSTICK_TOKEN. EXTRA is appended to [server].
+YARDSTICK_TOKEN=yardstick-token-0123456789
+server_config() {
+  local d=$1 extra=${2:-} hash
+  hash=$(printf '%s' "$YARDSTICK_TOKEN" | sha256sum | cut -d' ' -f1)
+  cat > "$d/config.toml" <<CONF
+[server]
+listen = "127.0.0.1:0"
+$extra
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+${TLS_EXTRA:-}
+[origins]
+allowed = ["https://localhost"]
+[auth]
+allow_query_token = true
+[[auth.users]]
+name = "yardstick"
+token_sha256 = "$hash"
+[rooms]
+names = ["echo"]
+[limits]
+messages_per_second = 1000000
+burst = 1000000
+handshakes_per_minute_per_ip = 100000
+outbound_queue_bytes = 67108864
+CONF
+}
