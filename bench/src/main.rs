@@ -1,0 +1,177 @@
+//! loadgen: drives a running wss-chat (or a peer server) over real TLS WebSockets, the way real
+//! clients do (Origin, token), and prints what it measured. Not part of the server binary.
+//!
+//! `soak` holds thousands of connections for minutes with traffic and churn and checks that
+//! healthy clients lose nothing. See scripts/soak.sh for the whole run.
+
+mod soak;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Load generator for wss-chat")]
+struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// Server address (IP:port).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Name to verify the certificate against (and to send as SNI).
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// PEM CA certificate to trust.
+    #[arg(long)]
+    ca: std::path::PathBuf,
+    /// File holding the server's HS256 secret, to mint a token per simulated user.
+    #[arg(long)]
+    secret_file: std::path::PathBuf,
+    #[arg(long, default_value = "https://localhost")]
+    origin: String,
+    /// Server process id, to sample its RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Spread client connections over this many loopback source addresses (127.0.1.0 up).
+    #[arg(long, default_value_t = 1)]
+    source_ips: u32,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Hold many connections for a long time with traffic, joins, leaves and deaths mid-frame.
+    Soak(soak::Args),
+}
+
+/// Where and how to connect; shared by every simulated client.
+pub struct Target {
+    addr: SocketAddr,
+    host: ServerName<'static>,
+    origin: String,
+    connector: TlsConnector,
+    secret: Vec<u8>,
+    source_ips: u32,
+    pub server_pid: Option<u32>,
+}
+
+impl Target {
+    fn new(a: &TargetArgs) -> Result<Arc<Target>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&a.ca).map_err(|e| format!("--ca: {e}"))? {
+            roots
+                .add(c.map_err(|e| format!("--ca: {e}"))?)
+                .map_err(|e| format!("--ca: {e}"))?;
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let secret = std::fs::read(&a.secret_file)
+            .map_err(|e| format!("--secret-file: {e}"))?
+            .trim_ascii()
+            .to_vec();
+        Ok(Arc::new(Target {
+            addr: a.addr,
+            host: ServerName::try_from(a.host.clone()).map_err(|e| format!("--host: {e}"))?,
+            origin: a.origin.clone(),
+            connector: TlsConnector::from(Arc::new(cfg)),
+            secret,
+            source_ips: a.source_ips.max(1),
+            server_pid: a.server_pid,
+        }))
+    }
+
+    /// The loopback source address for client number `i`.
+    fn source(&self, i: usize) -> IpAddr {
+        let n = (i as u32) % self.source_ips;
+        IpAddr::from([127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8])
+    }
+
+    /// Connect client `i` as `user` to `room`: TCP from its source address, TLS, upgrade.
+    pub async fn connect(&self, i: usize, user: &str, room: &str) -> Result<Ws, String> {
+        let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        sock.bind(SocketAddr::new(self.source(i), 0))
+            .map_err(|e| format!("bind: {e}"))?;
+        let tcp = sock
+            .connect(self.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .connector
+            .connect(self.host.clone(), tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = wss_chat::auth::mint(
+            &self.secret,
+            &wss_chat::auth::Claims {
+                sub: user.to_string(),
+                exp: now + 86_400,
+                nbf: None,
+                rooms: None,
+            },
+        );
+        let mut req = format!("wss://localhost:{}/rooms/{room}", self.addr.port())
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let h = req.headers_mut();
+        h.insert("Origin", self.origin.parse().unwrap());
+        h.insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let cfg = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, tls, Some(cfg))
+            .await
+            .map_err(|e| format!("upgrade: {e}"))?;
+        Ok(ws)
+    }
+}
+
+/// A process's resident memory in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let target = match Target::new(&cli.target) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let ok = match cli.mode {
+        Mode::Soak(args) => soak::run(target, args).await,
+    };
+    std::process::exit(if ok { 0 } else { 1 });
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Soak: hold 10,000 connections for ten minutes with traffic, joins, leaves and deaths
+# mid-frame, against a release build; report server RSS (start, after ramp-up, peak, end),
+# messages lost by healthy clients (must be 0) and errors. Exits non-zero on any loss or error.
+#
+#   scripts/soak.sh [--clients N] [--duration-secs S] [other loadgen soak options]
+#
+# Clients come from 200 loopback addresses (127.0.1.x, 127.0.2.x) so the default per-address
+# cap of 64 holds. Needs openssl; everything else is built here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+cargo build --release --locked --workspace
+ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d)
+trap 'stop_server; rm -rf "$WORK"' EXIT
+make_test_ca "$WORK"
+head -c 48 /dev/urandom | base64 > "$WORK/jwt-secret"
+cat > "$WORK/config.toml" <<CONF
+# Soak config: the defaults, except the caps a 10,000-connection test needs.
+[server]
+listen = "127.0.0.1:0"
+max_connections = 20000
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[origins]
+allowed = ["https://localhost"]
+[auth]
+jwt_secret_file = "jwt-secret"
+[rooms]
+names = ["soak0", "soak1", "soak2", "soak3", "soak4", "soak5", "soak6", "soak7", "soak8", "soak9"]
+max_members = 2000
+[limits]
+handshakes_per_minute_per_ip = 600
+[log]
+level = "warn,wss_chat=info,wss_chat::session=warn,wss_chat::http=warn"
+CONF
+start_server target/release/wss-chat "$WORK/config.toml" "$WORK/server.log"
+echo "server pid $SERVER_PID on port $SERVER_PORT"
+status=0
+target/release/loadgen --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
+  --secret-file "$WORK/jwt-secret" --server-pid "$SERVER_PID" --source-ips 200 \
+  soak "$@" || status=$?
+kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died:"; tail -n 20 "$WORK/server.log"; status=1; }
+grep -ciE 'panic|error' "$WORK/server.log" | sed 's/^/server log lines with panic or error: /'
+exit $status
