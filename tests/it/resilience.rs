@@ -244,10 +244,11 @@ async fn dead_peer_is_closed_after_idle_timeout_while_a_live_one_stays() {
     let _ =
         tokio::time::timeout(Duration::from_secs(3), dead.get_mut().read_to_end(&mut raw)).await;
     assert_eq!(last_close_code(&raw), Some(1001));
-    assert!(s
-        .log()
-        .iter()
-        .any(|l| l.contains("idle timeout") && l.contains("user=bob")));
+    let line = s.wait_log("reason=\"idle timeout\"").await;
+    assert!(
+        line.contains("user=bob") && line.contains("code=1001"),
+        "{line}"
+    );
     say(&mut live, "still here").await;
     let mut other = s.join("carol", "lobby").await;
     say(&mut live, "and here").await;
@@ -333,8 +334,9 @@ async fn live_connection_is_closed_1008_when_its_token_expires() {
         "{:?}",
         start.elapsed()
     );
-    assert!(s
-        .log()
-        .iter()
-        .any(|l| l.contains("token expired") && l.contains("user=erin")));
+    let line = s.wait_log("reason=\"token expired\"").await;
+    assert!(
+        line.contains("user=erin") && line.contains("code=1008"),
+        "{line}"
+    );
 }
