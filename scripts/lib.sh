@@ -22,7 +22,7 @@ make_test_ca() {
 # start_server BIN CONFIG LOG: starts it in the background, sets SERVER_PID and SERVER_PORT.
 start_server() {
   local bin=$1 config=$2 log=$3
-  "$bin" serve --config "$config" > "$log" 2>&1 &
+  $bin serve --config "$config" > "$log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
     SERVER_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)

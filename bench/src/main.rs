@@ -4,6 +4,7 @@
 //! `soak` holds thousands of connections for minutes with traffic and churn and checks that
 //! healthy clients lose nothing. See scripts/soak.sh for the whole run.
 
+mod bench;
 mod soak;
 
 use std::net::{IpAddr, SocketAddr};
@@ -44,7 +45,7 @@ struct TargetArgs {
     ca: std::path::PathBuf,
     /// File holding the server's HS256 secret, to mint a token per simulated user.
     #[arg(long)]
-    secret_file: std::path::PathBuf,
+    secret_file: Option<std::path::PathBuf>,
     #[arg(long, default_value = "https://localhost")]
     origin: String,
     /// Server process id, to sample its RSS from /proc.
@@ -53,12 +54,23 @@ struct TargetArgs {
     /// Spread client connections over this many loopback source addresses (127.0.1.0 up).
     #[arg(long, default_value_t = 1)]
     source_ips: u32,
+    /// Send this static token instead of minting a signed one per user (for peer servers).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Mode {
     /// Hold many connections for a long time with traffic, joins, leaves and deaths mid-frame.
     Soak(soak::Args),
+    /// Broadcast at a fixed open-loop rate; latency from the intended send time.
+    Broadcast(bench::BroadcastArgs),
+    /// Step the rate up until p99 > 250 ms or deliveries < 90 %; report the last passing rate.
+    Saturate(bench::SaturateArgs),
+    /// Server RSS growth per idle connection.
+    Idle(bench::IdleArgs),
+    /// Full TLS 1.3 handshakes (no resumption) + upgrade + token check per second.
+    Handshakes(bench::HandshakeArgs),
 }
 
 /// Where and how to connect; shared by every simulated client.
@@ -67,7 +79,10 @@ pub struct Target {
     host: ServerName<'static>,
     origin: String,
     connector: TlsConnector,
+    /// TLS 1.3 only and no session cache: every handshake is a full one.
+    fresh_connector: TlsConnector,
     secret: Vec<u8>,
+    token: Option<String>,
     source_ips: u32,
     pub server_pid: Option<u32>,
 }
@@ -81,18 +96,29 @@ impl Target {
                 .map_err(|e| format!("--ca: {e}"))?;
         }
         let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
-        let secret = std::fs::read(&a.secret_file)
-            .map_err(|e| format!("--secret-file: {e}"))?
-            .trim_ascii()
-            .to_vec();
+        let mut fresh =
+            rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        fresh.resumption = rustls::client::Resumption::disabled();
+        let secret = match &a.secret_file {
+            Some(f) => std::fs::read(f)
+                .map_err(|e| format!("--secret-file: {e}"))?
+                .trim_ascii()
+                .to_vec(),
+            None if a.token.is_some() => Vec::new(),
+            None => return Err("give --secret-file or --token".into()),
+        };
         Ok(Arc::new(Target {
             addr: a.addr,
             host: ServerName::try_from(a.host.clone()).map_err(|e| format!("--host: {e}"))?,
             origin: a.origin.clone(),
             connector: TlsConnector::from(Arc::new(cfg)),
+            fresh_connector: TlsConnector::from(Arc::new(fresh)),
             secret,
+            token: a.token.clone(),
             source_ips: a.source_ips.max(1),
             server_pid: a.server_pid,
         }))
@@ -106,6 +132,22 @@ impl Target {
 
     /// Connect client `i` as `user` to `room`: TCP from its source address, TLS, upgrade.
     pub async fn connect(&self, i: usize, user: &str, room: &str) -> Result<Ws, String> {
+        self.connect_with(&self.connector, i, user, room).await
+    }
+
+    /// Like `connect`, with a full TLS 1.3 handshake (no resumption).
+    pub async fn connect_fresh(&self, i: usize, user: &str, room: &str) -> Result<Ws, String> {
+        self.connect_with(&self.fresh_connector, i, user, room)
+            .await
+    }
+
+    async fn connect_with(
+        &self,
+        connector: &TlsConnector,
+        i: usize,
+        user: &str,
+        room: &str,
+    ) -> Result<Ws, String> {
         let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
         sock.bind(SocketAddr::new(self.source(i), 0))
             .map_err(|e| format!("bind: {e}"))?;
@@ -114,24 +156,27 @@ impl Target {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let tls = self
-            .connector
+        let tls = connector
             .connect(self.host.clone(), tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let token = wss_chat::auth::mint(
-            &self.secret,
-            &wss_chat::auth::Claims {
-                sub: user.to_string(),
-                exp: now + 86_400,
-                nbf: None,
-                rooms: None,
-            },
-        );
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                wss_chat::auth::mint(
+                    &self.secret,
+                    &wss_chat::auth::Claims {
+                        sub: user.to_string(),
+                        exp: now + 86_400,
+                        nbf: None,
+                        rooms: None,
+                    },
+                )
+            }
+        };
         let mut req = format!("wss://localhost:{}/rooms/{room}", self.addr.port())
             .into_client_request()
             .map_err(|e| e.to_string())?;
@@ -146,6 +191,17 @@ impl Target {
             .map_err(|e| format!("upgrade: {e}"))?;
         Ok(ws)
     }
+}
+
+/// A process's CPU time (user + system) in microseconds, from /proc.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the ")" that closes the command name; utime and stime are 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks * 10_000)
 }
 
 /// A process's resident memory in KiB.
@@ -172,6 +228,10 @@ async fn main() {
     };
     let ok = match cli.mode {
         Mode::Soak(args) => soak::run(target, args).await,
+        Mode::Broadcast(args) => bench::broadcast(target, args).await,
+        Mode::Saturate(args) => bench::saturate(target, args).await,
+        Mode::Idle(args) => bench::idle(target, args).await,
+        Mode::Handshakes(args) => bench::handshakes(target, args).await,
     };
     std::process::exit(if ok { 0 } else { 1 });
 }

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: wss-chat against uWebSockets.js, Node ws and Go gorilla/websocket,
+# each doing the same job over TLS on loopback (check Origin and token, sanitise, broadcast to
+# the room except the sender). The server runs pinned to CPU 0, the load generator to CPU 1.
+# Each server is restarted for each mode; the whole set repeats REPEATS times and the table
+# shows medians and the ratio of wss-chat to each peer.
+#
+#   bench/run.sh                     # REPEATS=3, all servers, all modes
+#   REPEATS=1 SERVERS="wss-chat uws" MODES="broadcast saturate" bench/run.sh
+#
+# Installs its peers: npm packages into bench/peers/node_modules, Go and gorilla/websocket from
+# Debian (apt-get; needs root), and builds everything in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+REPEATS=${REPEATS:-3}
+SERVERS=${SERVERS:-"wss-chat uws node-ws gorilla wss-chat-2core"}
+MODES=${MODES:-"broadcast saturate idle handshakes"}
+CLIENTS=${CLIENTS:-1000}
+SENDERS=${SENDERS:-10}
+SIZE=${SIZE:-128}
+
+echo "== installing peers"
+command -v taskset >/dev/null || { apt-get update -q && apt-get install -y -q util-linux; }
+command -v node >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+(cd bench/peers && npm install --ignore-scripts --no-audit --no-fund --silent)
+if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go golang-github-gorilla-websocket-dev
+fi
+mkdir -p target
+(cd bench/peers/gorilla && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=/tmp/go-cache go build -o ../../../target/bench-gorilla .)
+cargo build --release --locked --workspace
+ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d)
+trap 'stop_server; rm -rf "$WORK"' EXIT
+make_test_ca "$WORK"
+head -c 48 /dev/urandom | base64 > "$WORK/jwt-secret"
+TOKEN=bench-token-0123456789
+# The bench config: shipped defaults, with the rate limits and caps raised past what the load
+# itself needs (a benchmark measures the server, not its limiter). Sanitising stays on.
+cat > "$WORK/config.toml" <<CONF
+[server]
+listen = "127.0.0.1:0"
+max_connections = 20000
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[origins]
+allowed = ["https://localhost"]
+[auth]
+jwt_secret_file = "jwt-secret"
+[rooms]
+names = ["bench"]
+max_members = 6000
+[limits]
+messages_per_second = 1000000
+burst = 1000000
+handshakes_per_minute_per_ip = 1000000
+[log]
+level = "warn,wss_chat=info,wss_chat::session=warn,wss_chat::http=warn"
+CONF
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start NAME: the server pinned as asked; sets SERVER_PID, SERVER_PORT and AUTH (loadgen flags).
+start() {
+  local name=$1 cpus=0
+  [ "$name" = wss-chat-2core ] && cpus=0,1
+  case $name in
+    wss-chat|wss-chat-2core)
+      start_server "taskset -c $cpus target/release/wss-chat" "$WORK/config.toml" "$WORK/server.log"
+      AUTH=(--secret-file "$WORK/jwt-secret") ;;
+    *)
+      SERVER_PORT=$(free_port)
+      local cmd
+      case $name in
+        uws) cmd=(node bench/peers/uws.js) ;;
+        node-ws) cmd=(node bench/peers/node-ws.js) ;;
+        gorilla) cmd=(env GOMAXPROCS=1 target/bench-gorilla) ;;
+      esac
+      PORT=$SERVER_PORT CERT="$WORK/cert.pem" KEY="$WORK/key.pem" TOKEN=$TOKEN ORIGIN=https://localhost \
+        taskset -c $cpus "${cmd[@]}" > "$WORK/server.log" 2>&1 &
+      SERVER_PID=$!
+      for _ in $(seq 1 100); do grep -q listening "$WORK/server.log" && break; sleep 0.1; done
+      grep -q listening "$WORK/server.log" || { cat "$WORK/server.log"; return 1; }
+      AUTH=(--token "$TOKEN") ;;
+  esac
+}
+
+loadgen() {
+  taskset -c 1 target/release/loadgen --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
+    --server-pid "$SERVER_PID" --source-ips 100 "${AUTH[@]}" "$@"
+}
+
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
+for r in $(seq 1 "$REPEATS"); do
+  for name in $SERVERS; do
+    for mode in $MODES; do
+      # The 2-core run is about throughput only.
+      [ "$name" = wss-chat-2core ] && [ "$mode" != saturate ] && continue
+      case $mode in
+        broadcast) args=(broadcast --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate 100) ;;
+        saturate) args=(saturate --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --duration-secs 5 --warmup-secs 1) ;;
+        idle) args=(idle --clients 5000) ;;
+        handshakes) args=(handshakes --duration-secs 5) ;;
+      esac
+      echo "== run $r/$REPEATS: $name $mode"
+      start "$name"
+      out=$(loadgen "${args[@]}" 2>&1) || true
+      stop_server
+      echo "$out" | grep -v '^RESULT' | sed 's/^/   /'
+      echo "$out" | sed -n "s/^RESULT /$name $mode /p" >> "$RESULTS"
+    done
+  done
+done
+
+echo
+echo "== $(date -u +%Y-%m-%d) bench/run.sh: REPEATS=$REPEATS, $CLIENTS clients, $SENDERS senders, $SIZE B messages, server on CPU 0, load generator on CPU 1"
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, mode, js = line.split(" ", 2)
+    rows.setdefault((name, mode), []).append(json.loads(js))
+metrics = [
+    ("saturation deliveries/s (higher is better)", "saturate", "deliveries_per_sec", True),
+    ("CPU-us per delivery at 100 msg/s (lower)", "broadcast", "cpu_us_per_delivery", False),
+    ("p99 latency ms at 100 msg/s (lower)", "broadcast", "p99_ms", False),
+    ("deliveries/s at 100 msg/s", "broadcast", "deliveries_per_sec", True),
+    ("idle KiB per connection (lower)", "idle", "kib_per_connection", False),
+    ("handshakes/s (higher)", "handshakes", "handshakes_per_sec", True),
+    ("CPU-us per handshake (lower)", "handshakes", "cpu_us_per_handshake", False),
+]
+servers = [s for s in ["wss-chat", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
+peers = [s for s in servers if s not in ("wss-chat", "wss-chat-2core")]
+def med(name, mode, key):
+    vals = [r[key] for r in rows.get((name, mode), []) if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
+print("| metric | " + " | ".join(servers) + " | " + " | ".join(f"wss-chat / {p}" for p in peers) + " |")
+print("|---" * (1 + len(servers) + len(peers)) + "|")
+for label, mode, key, _ in metrics:
+    vals = {s: med(s, mode, key) for s in servers}
+    ratios = []
+    for p in peers:
+        a, b = vals.get("wss-chat"), vals.get(p)
+        ratios.append("-" if not a or not b else f"{a / b:.2f}x")
+    print(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + " | " + " | ".join(ratios) + " |")
+PY
