@@ -62,6 +62,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub sanitize: SanitizeConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     /// Directory of the config file: relative paths in it are resolved from here, so the
     /// server behaves the same whatever directory it is started from.
     #[serde(skip)]
@@ -173,6 +174,22 @@ pub struct SanitizeConfig {
 pub struct LogConfig {
     /// A tracing filter such as `info` or `wss_chat=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve Prometheus metrics (plain HTTP); off when unset.
+    pub listen: Option<String>,
 }
 
 impl Default for Config {
@@ -186,6 +203,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sanitize: SanitizeConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -254,6 +272,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -549,6 +568,18 @@ impl Config {
                 "tls.generate_self_signed = true: a self-signed development certificate may be used"
                     .into(),
             );
+        }
+        if let Some(a) = self
+            .metrics
+            .listen
+            .as_deref()
+            .and_then(|m| m.parse::<SocketAddr>().ok())
+        {
+            if !a.ip().is_loopback() {
+                w.push(format!(
+                    "metrics.listen = {a} is not loopback: metrics are plain HTTP without auth"
+                ));
+            }
         }
         if self.server.echo_mode {
             w.push("server.echo_mode = true: test mode, messages are echoed, not broadcast".into());

@@ -1,8 +1,11 @@
 //! HTTP/1.1 in front of the WebSocket: routing, refusals with a status, and the upgrade.
 //!
 //! `/rooms/{room}` goes through the gate (handshake.rs) and, when admitted, answers 101 and
-//! hands the upgraded stream to a session; a plain GET there gets 426. `/healthz` answers 200.
-//! Anything else is 404. The query string is never logged: it may carry a token.
+//! hands the upgraded stream to a session; a plain GET there gets 426. `/` serves the chat
+//! page (HTML, CSS and JS compiled into the binary, no inline script, so the page carries a
+//! strict Content-Security-Policy); `/healthz` answers 200. Anything else is 404. Every answer
+//! but a 101 closes the connection, so only an upgrade keeps a socket. The query string is
+//! never logged: it may carry a token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +36,7 @@ pub type Body = Full<Bytes>;
 pub async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    accepted: std::time::Instant,
     guard: Arc<ConnGuard>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -46,6 +50,10 @@ pub async fn handle(
                 Ok(admitted) => {
                     let on_upgrade = hyper::upgrade::on(&mut req);
                     let resp = switching_protocols(&admitted.accept_key, admitted.subprotocol);
+                    shared
+                        .metrics
+                        .handshake_seconds
+                        .observe(accepted.elapsed().as_secs_f64());
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         // Holding the guard keeps this connection counted against the caps
@@ -67,6 +75,7 @@ pub async fn handle(
                     return Ok(resp);
                 }
                 Err(refusal) => {
+                    shared.metrics.refused(refusal.kind());
                     info!(
                         %peer,
                         room = %room,
@@ -81,10 +90,49 @@ pub async fn handle(
         }
     } else if path == "/healthz" {
         plain(StatusCode::OK, "ok")
+    } else if let Some((body, content_type)) = page(path) {
+        let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
     } else {
         plain(StatusCode::NOT_FOUND, "not found")
     };
-    Ok(resp)
+    Ok(with_security_headers(resp))
+}
+
+/// The browser client, compiled in.
+fn page(path: &str) -> Option<(&'static str, &'static str)> {
+    match path {
+        "/" | "/index.html" => Some((include_str!("web/index.html"), "text/html; charset=utf-8")),
+        "/app.js" => Some((include_str!("web/app.js"), "text/javascript; charset=utf-8")),
+        "/app.css" => Some((include_str!("web/app.css"), "text/css; charset=utf-8")),
+        _ => None,
+    }
+}
+
+/// Only same-origin script, style and WebSocket; nothing framed, no plugins, no base URL.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+fn with_security_headers(mut r: Response<Body>) -> Response<Body> {
+    let h = r.headers_mut();
+    // One request per connection: the page is three small files, and a socket that is not
+    // upgraded should not outlive its answer.
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    h.insert(
+        "strict-transport-security",
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    r
 }
 
 fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Body> {
@@ -109,9 +157,6 @@ fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Body> {
 fn refused(refusal: Refusal) -> Response<Body> {
     let mut r = plain(refusal.status(), refusal.reason());
     let h = r.headers_mut();
-    // A refused client gets its answer and the connection back; it does not get to hold the
-    // socket for more attempts.
-    h.insert(CONNECTION, HeaderValue::from_static("close"));
     match refusal {
         Refusal::Rate(wait) => {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

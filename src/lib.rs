@@ -10,6 +10,7 @@ pub mod config;
 pub mod handshake;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod room;
@@ -59,6 +60,7 @@ pub struct Shared {
     pub ws_config: WebSocketConfig,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Load or create the certificate, bind, and serve until `shutdown` resolves.
@@ -109,6 +111,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| format!("server.listen: {e}"))?;
 
+    let metrics_listener = metrics::bind(config.metrics.listen.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),
@@ -124,8 +127,11 @@ pub async fn run(
         },
         ws_config,
         shutdown: stop_rx,
+        metrics: Arc::new(metrics::Metrics::new()),
         config,
     });
+    let metrics_task =
+        metrics_listener.map(|l| tokio::spawn(metrics::serve(shared.metrics.clone(), l)));
     info!("listening on {addr}");
     tokio::spawn(reload_on_sighup(certs));
     on_bound(addr);
@@ -137,6 +143,9 @@ pub async fn run(
         shutdown,
     )
     .await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     Ok(())
 }
 

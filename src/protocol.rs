@@ -83,6 +83,18 @@ pub enum ErrorCode {
     RateLimited,
 }
 
+impl ErrorCode {
+    /// The wire name, also used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLong => "too_long",
+            ErrorCode::Empty => "empty",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
 /// RFC 6455 close codes the server sends, named for why we send them.
 pub mod close {
     use super::CloseCode;

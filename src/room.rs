@@ -111,6 +111,16 @@ struct RoomState {
     seq: u64,
 }
 
+/// What one `publish` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    pub seq: u64,
+    /// Recipients the message was queued for.
+    pub queued: u64,
+    /// Recipients whose queue was full (now closing as slow consumers).
+    pub overflowed: u64,
+}
+
 #[derive(Debug)]
 pub struct Room {
     pub name: String,
@@ -119,18 +129,26 @@ pub struct Room {
 
 impl Room {
     /// Deliver to every member but `from`. `encode` gets the new `seq` and returns the frame,
-    /// built once and shared by all recipients. Returns the `seq`.
-    pub fn publish(&self, from: ConnId, encode: impl FnOnce(u64) -> Message) -> u64 {
+    /// built once and shared by all recipients.
+    pub fn publish(&self, from: ConnId, encode: impl FnOnce(u64) -> Message) -> Fanout {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.seq += 1;
-        let seq = st.seq;
-        let msg = encode(seq);
+        let mut out = Fanout {
+            seq: st.seq,
+            queued: 0,
+            overflowed: 0,
+        };
+        let msg = encode(out.seq);
         for (id, outbox) in &st.members {
             if *id != from {
-                outbox.push(msg.clone());
+                if outbox.push(msg.clone()) {
+                    out.queued += 1;
+                } else {
+                    out.overflowed += 1;
+                }
             }
         }
-        seq
+        out
     }
 
     pub fn member_count(&self) -> usize {
@@ -290,7 +308,8 @@ mod tests {
         let _mb = rooms.join("lobby", 2, b).unwrap();
         let s1 = ma.room.publish(1, |seq| Message::text(format!("m{seq}")));
         let s2 = ma.room.publish(1, |seq| Message::text(format!("m{seq}")));
-        assert_eq!((s1, s2), (1, 2));
+        assert_eq!((s1.seq, s2.seq), (1, 2));
+        assert_eq!((s1.queued, s1.overflowed), (1, 0));
         assert_eq!(text(&mut rb).as_deref(), Some("m1"));
         assert_eq!(text(&mut rb).as_deref(), Some("m2"));
         assert_eq!(text(&mut ra), None);

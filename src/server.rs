@@ -74,6 +74,7 @@ pub async fn serve(
         };
         let Some(guard) = admit(&slots, &per_ip, peer.ip()) else {
             debug!(%peer, "connection refused at accept: over a connection cap");
+            shared.metrics.refused("cap");
             drop(tcp);
             continue;
         };
@@ -121,6 +122,7 @@ async fn connection(
     guard: Arc<ConnGuard>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let accepted = std::time::Instant::now();
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(shared.config.server.handshake_timeout_ms);
     let mut shutdown = shared.shutdown.clone();
@@ -133,14 +135,16 @@ async fn connection(
             }
             Err(_) => {
                 debug!(%peer, "TLS handshake timed out");
+                shared.metrics.refused("timeout");
                 return;
             }
         },
         _ = shutdown.wait_for(|s| *s) => return,
     };
     let svc_shared = shared.clone();
-    let service =
-        service_fn(move |req| crate::http::handle(svc_shared.clone(), peer, guard.clone(), req));
+    let service = service_fn(move |req| {
+        crate::http::handle(svc_shared.clone(), peer, accepted, guard.clone(), req)
+    });
     let conn = http1::Builder::new()
         .max_buf_size(MAX_REQUEST_HEAD)
         .max_headers(MAX_HEADERS)
@@ -150,7 +154,10 @@ async fn connection(
         r = conn => if let Err(e) = r {
             debug!(%peer, error = %e, "HTTP connection error");
         },
-        _ = tokio::time::sleep_until(deadline) => debug!(%peer, "HTTP phase timed out"),
+        _ = tokio::time::sleep_until(deadline) => {
+            debug!(%peer, "HTTP phase timed out");
+            shared.metrics.refused("timeout");
+        }
         _ = shutdown.wait_for(|s| *s) => {}
     }
 }

@@ -50,6 +50,7 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     } = admitted;
     let room = membership.room.clone();
     info!(%peer, user = %identity.user, room = %room.name, "connection opened");
+    shared.metrics.connections_open.inc();
 
     let (sink, stream) = ws.split();
     let mut shutdown = shared.shutdown.clone();
@@ -76,6 +77,10 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
         }
     };
     drop(membership);
+    shared.metrics.connections_open.dec();
+    if ending.code == close::TRY_AGAIN_LATER {
+        shared.metrics.slow_consumers_closed.inc();
+    }
     info!(
         %peer,
         user = %identity.user,
@@ -141,11 +146,18 @@ async fn read_loop(
             // tungstenite answers each ping with a pong; that costs us a write, so pings draw on
             // the same quota as messages and a ping flood ends like a message flood.
             Ok(Message::Ping(_)) => {
-                if limiter.check(&shared.limits, user) == Verdict::Disconnect {
-                    return Some(Ending {
-                        code: close::POLICY,
-                        reason: "rate limit exceeded repeatedly",
-                    });
+                match limiter.check(&shared.limits, user) {
+                    Verdict::Allowed => {}
+                    Verdict::Limited(_) => {
+                        shared.metrics.rate_limit_hits.inc();
+                    }
+                    Verdict::Disconnect => {
+                        shared.metrics.rate_limit_hits.inc();
+                        return Some(Ending {
+                            code: close::POLICY,
+                            reason: "rate limit exceeded repeatedly",
+                        });
+                    }
                 }
                 continue;
             }
@@ -163,7 +175,9 @@ async fn read_loop(
             .as_ref()
             .ok()
             .and_then(|ClientFrame::Message { id, .. }| id.as_deref());
-        let reply_error = |code, message: &str, retry: Option<Duration>| {
+        shared.metrics.messages_received.inc();
+        let reply_error = |code: ErrorCode, message: &str, retry: Option<Duration>| {
+            shared.metrics.dropped(code.as_str());
             let frame = ServerFrame::Error {
                 code,
                 message,
@@ -175,6 +189,7 @@ async fn read_loop(
         match limiter.check(&shared.limits, user) {
             Verdict::Allowed => {}
             Verdict::Limited(wait) => {
+                shared.metrics.rate_limit_hits.inc();
                 reply_error(
                     ErrorCode::RateLimited,
                     "rate limit exceeded, slow down",
@@ -183,10 +198,11 @@ async fn read_loop(
                 continue;
             }
             Verdict::Disconnect => {
+                shared.metrics.rate_limit_hits.inc();
                 return Some(Ending {
                     code: close::POLICY,
                     reason: "rate limit exceeded repeatedly",
-                })
+                });
             }
         }
         let Ok(ClientFrame::Message { text: body, id: _ }) = &parsed else {
@@ -218,7 +234,8 @@ async fn read_loop(
             continue;
         };
         let room = &membership.room;
-        let seq = room.publish(membership.id, |seq| {
+        let started = Instant::now();
+        let fanout = room.publish(membership.id, |seq| {
             Message::text(
                 ServerFrame::Message {
                     room: &room.name,
@@ -230,8 +247,18 @@ async fn read_loop(
                 .to_json(),
             )
         });
+        let m = &shared.metrics;
+        m.fanout_seconds.observe(started.elapsed().as_secs_f64());
+        m.messages_delivered.inc_by(fanout.queued);
+        for _ in 0..fanout.overflowed {
+            m.dropped("slow_consumer");
+        }
         if let Some(id) = id {
-            outbox.push(Message::text(ServerFrame::Ack { id, seq }.to_json()));
+            let ack = ServerFrame::Ack {
+                id,
+                seq: fanout.seq,
+            };
+            outbox.push(Message::text(ack.to_json()));
         }
     }
 }

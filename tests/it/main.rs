@@ -5,5 +5,6 @@ mod config;
 mod frames;
 mod handshake;
 mod limits;
+mod operator;
 mod resilience;
 mod support;

@@ -207,7 +207,12 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(i) = line.find("listening on ") {
-                    let _ = tx.send(line[i + 13..].trim().to_string());
+                    // Text or JSON log: the address is the run of address characters after it.
+                    let addr: String = line[i + 13..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                        .collect();
+                    let _ = tx.send(addr);
                 }
                 sink.lock().unwrap().push(line);
             }

@@ -1,0 +1,203 @@
+//! What the operator can graph: counters, gauges and histograms in Prometheus text format,
+//! served on their own listener (`metrics.listen`, plain HTTP, meant for loopback or a private
+//! network) so scraping never shares the public port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+type Reason = [(&'static str, &'static str); 1];
+
+/// Every metric the server keeps. Cheap to update: atomics, no locks on the message path.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections_open: Gauge,
+    /// Refused handshakes by reason: origin, token, room, rate, cap, request, timeout.
+    refused: Family<Reason, Counter>,
+    pub messages_received: Counter,
+    pub messages_delivered: Counter,
+    /// Messages not delivered, by reason: bad_request, too_long, empty, rate_limited,
+    /// slow_consumer (a recipient's queue was full).
+    dropped: Family<Reason, Counter>,
+    pub rate_limit_hits: Counter,
+    pub slow_consumers_closed: Counter,
+    /// Seconds from TCP accept to the 101 response.
+    pub handshake_seconds: Histogram,
+    /// Seconds one `publish` took to queue a message for every recipient.
+    pub fanout_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wss_chat");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections_open: Gauge::default(),
+            refused: Family::default(),
+            messages_received: Counter::default(),
+            messages_delivered: Counter::default(),
+            dropped: Family::default(),
+            rate_limit_hits: Counter::default(),
+            slow_consumers_closed: Counter::default(),
+            handshake_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
+            fanout_seconds: Histogram::new(exponential_buckets(0.000_002, 4.0, 12)),
+        };
+        registry.register(
+            "connections_open",
+            "Open WebSocket connections",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "Refused handshakes by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Chat messages received from clients",
+            m.messages_received.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages queued for a recipient",
+            m.messages_delivered.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages not delivered, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "rate_limit_hits",
+            "Messages or pings over a rate limit",
+            m.rate_limit_hits.clone(),
+        );
+        registry.register(
+            "slow_consumers_closed",
+            "Connections closed 1013 for a full queue",
+            m.slow_consumers_closed.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "TCP accept to 101",
+            m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "fanout_duration_seconds",
+            "Time to queue one message for its room",
+            m.fanout_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serve `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(metrics: Arc<Metrics>, listener: TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        info!("serving metrics at http://{addr}/metrics");
+    }
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let mut r = if req.uri().path() == "/metrics" {
+                        Response::new(Full::new(Bytes::from(metrics.render())))
+                    } else {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
+                        *r.status_mut() = StatusCode::NOT_FOUND;
+                        r
+                    };
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
+            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await {
+                debug!(%peer, error = %e, "metrics connection timed out");
+            }
+        });
+    }
+}
+
+/// Bind the metrics listener, if configured.
+pub async fn bind(addr: Option<&str>) -> Result<Option<TcpListener>, String> {
+    let Some(addr) = addr else { return Ok(None) };
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("metrics.listen: {addr:?} is not an IP:port address"))?;
+    TcpListener::bind(sa)
+        .await
+        .map(Some)
+        .map_err(|e| format!("metrics.listen: cannot bind {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_reasons() {
+        let m = Metrics::new();
+        m.refused("origin");
+        m.refused("origin");
+        m.dropped("rate_limited");
+        m.messages_received.inc();
+        let text = m.render();
+        assert!(
+            text.contains("wss_chat_handshakes_refused_total{reason=\"origin\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wss_chat_messages_dropped_total{reason=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wss_chat_messages_received_total 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+// wss-chat browser client. Loaded from /app.js (no inline script), so the page can carry a
+// strict Content-Security-Policy. The token travels in the subprotocol list, never the URL.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const MIN_DELAY = 1000;
+const MAX_DELAY = 30000;
+
+let ws = null;
+let attempt = 0;        // reconnects since the last good connection
+let wanted = null;      // {token, room} while the user wants to be connected
+let timer = null;
+let sentIds = new Map(); // id -> text, to show our own messages once acked
+
+function status(text, live) {
+  $('status').textContent = text;
+  $('status').classList.toggle('live', !!live);
+}
+
+function showError(text) {
+  const e = $('error');
+  e.textContent = text;
+  e.hidden = !text;
+}
+
+function add(kind, from, ts, html) {
+  const li = document.createElement('li');
+  li.className = kind;
+  if (ts) {
+    const t = document.createElement('span');
+    t.className = 'time';
+    t.textContent = new Date(ts).toLocaleTimeString();
+    li.append(t);
+  }
+  if (from) {
+    const f = document.createElement('span');
+    f.className = 'from';
+    f.textContent = from;
+    li.append(f);
+  }
+  const body = document.createElement('span');
+  body.className = 'text';
+  // The server delivers message text already sanitised: safe to insert as HTML, as is.
+  if (html !== undefined) body.innerHTML = html;
+  li.append(body);
+  const list = $('messages');
+  list.append(li);
+  list.scrollTop = list.scrollHeight;
+  return body;
+}
+
+function notice(text) {
+  add('notice', '', Date.now()).textContent = text;
+}
+
+function setSending(on) {
+  $('text').disabled = !on;
+  $('sendbtn').disabled = !on;
+}
+
+function connect() {
+  if (!wanted) return;
+  clearTimeout(timer);
+  const { token, room } = wanted;
+  status(`connecting to ${room}…`);
+  const sock = new WebSocket(`wss://${location.host}/rooms/${encodeURIComponent(room)}`,
+    ['wss-chat.v1', `bearer.${token}`]);
+  ws = sock;
+  sock.onmessage = (ev) => {
+    let m;
+    try { m = JSON.parse(ev.data); } catch { return; }
+    switch (m.type) {
+      case 'welcome':
+        attempt = 0; // a good connection resets the backoff
+        showError('');
+        status(`connected as ${m.user} in ${m.room}`, true);
+        setSending(true);
+        break;
+      case 'message':
+        add('', m.from, m.ts, m.text);
+        break;
+      case 'ack': {
+        const text = sentIds.get(m.id);
+        sentIds.delete(m.id);
+        if (text !== undefined) add('mine', 'you', Date.now()).textContent = text;
+        break;
+      }
+      case 'error':
+        if (m.code === 'rate_limited') {
+          showError(`Slow down: you can send again in ${Math.ceil((m.retry_after_ms || 0) / 100) / 10} s.`);
+        } else if (m.code === 'too_long') {
+          showError('That message is too long.');
+        } else if (m.code === 'empty') {
+          showError('Nothing left to send after removing markup.');
+        } else {
+          showError(`Refused: ${m.message || m.code}`);
+        }
+        if (m.id) sentIds.delete(m.id);
+        break;
+    }
+  };
+  sock.onclose = (ev) => {
+    if (ws !== sock) return;
+    ws = null;
+    setSending(false);
+    if (!wanted) { status('not connected'); return; }
+    // Exponential backoff with jitter: 1 s doubling to 30 s, a random 50-100 % of it.
+    const base = Math.min(MAX_DELAY, MIN_DELAY * 2 ** attempt);
+    const delay = Math.round(base * (0.5 + Math.random() * 0.5));
+    attempt += 1;
+    const why = ev.code === 1006 ? 'connection lost or refused' : `${ev.code} ${ev.reason || ''}`.trim();
+    status(`disconnected (${why}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    notice(`Disconnected: ${why}.`);
+    timer = setTimeout(connect, delay);
+  };
+}
+
+let nextId = 1;
+document.addEventListener('DOMContentLoaded', () => {
+  $('join').addEventListener('submit', (e) => {
+    e.preventDefault();
+    wanted = { token: $('token').value.trim(), room: $('room').value.trim() };
+    attempt = 0;
+    if (ws) { const old = ws; ws = null; old.close(1000); }
+    connect();
+  });
+  $('send').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = $('text').value;
+    if (!text.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
+    const id = String(nextId++);
+    sentIds.set(id, text);
+    ws.send(JSON.stringify({ type: 'message', text, id }));
+    $('text').value = '';
+    showError('');
+  });
+});
