@@ -90,6 +90,11 @@ pub async fn handle(
         }
     } else if path == "/healthz" {
         plain(StatusCode::OK, "ok")
+    } else if path == "/favicon.ico" {
+        // Browsers ask on every page load; no icon rather than a 404 in their console.
+        let mut r = Response::new(Body::default());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
     } else if let Some((body, content_type)) = page(path) {
         let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
         r.headers_mut()

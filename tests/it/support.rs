@@ -191,47 +191,25 @@ impl Server {
         std::fs::write(dir.path().join("jwt-secret"), JWT_SECRET).unwrap();
         let cfg_path = dir.path().join("config.toml");
         std::fs::write(&cfg_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wss-chat"))
-            .args(["serve", "--config"])
-            .arg(&cfg_path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on ") {
-                    // Text or JSON log: the address is the run of address characters after it.
-                    let addr: String = line[i + 13..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
-                        .collect();
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().unwrap(),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {:?}", log.lock().unwrap());
-            }
-        };
+        let (child, addr) = spawn(&cfg_path, &log);
         Server {
             addr,
             trusted_ca: ca.ca_der.clone(),
             _dir: dir,
-
             child,
             log,
         }
+    }
+
+    /// Kill the process and start it again on the same config (and so the same port, when
+    /// the config names one); the log goes on in the same buffer.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = spawn(&self.path("config.toml"), &self.log);
+        self.child = child;
+        self.addr = addr;
     }
 
     /// A file in the server's directory (config.toml, cert.pem, key.pem).
@@ -392,6 +370,51 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+/// Start the binary on a config file; returns it once it logs its address.
+fn spawn(cfg_path: &std::path::Path, log: &Arc<Mutex<Vec<String>>>) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wss-chat"))
+        .args(["serve", "--config"])
+        .arg(cfg_path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.find("listening on ") {
+                // Text or JSON log: the address is the run of address characters after it.
+                let addr: String = line[i + 13..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                    .collect();
+                let _ = tx.send(addr);
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(a) => (child, a.parse().unwrap()),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("server did not start: {:?}", log.lock().unwrap());
+        }
+    }
+}
+
+/// A free loopback port (bound and released; a test that needs a fixed port uses it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn mint_jwt(sub: &str, exp_offset: i64, rooms: Option<Vec<&str>>, secret: &str) -> String {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what the browser test needs when it is missing
+# (Debian's Chromium, Node, and playwright-core from npm), then runs `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+apt_install() {
+  [ -n "$apt_updated" ] || { as_root apt-get update -q; apt_updated=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing Chromium for the browser test"
+  apt_install chromium
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "== installing Node.js for the browser test"
+  apt_install nodejs npm
+fi
+if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
+  echo "== installing playwright-core"
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+exec cargo test "$@"

@@ -1,0 +1,122 @@
+// End-to-end test of the chat page in Debian's Chromium, driven by playwright-core.
+// Run by tests/it/browser.rs, which starts the server and answers the RESTART handshake on
+// stdin/stdout. Exits 0 when every check passed; prints what failed otherwise.
+import { chromium } from 'playwright-core';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const { URL_BASE, CERT, ALICE, BOB, SHOTS } = process.env;
+const lines = readline.createInterface({ input: process.stdin });
+const nextLine = () => new Promise((resolve) => lines.once('line', resolve));
+
+// Trust the test certificate by its public key hash, the way Chromium's flag expects it.
+const spki = new crypto.X509Certificate(fs.readFileSync(CERT)).publicKey.export({ type: 'spki', format: 'der' });
+const spkiHash = crypto.createHash('sha256').update(spki).digest('base64');
+
+const fail = (msg) => { console.error(`FAIL: ${msg}`); process.exit(1); };
+const check = (cond, msg) => { if (!cond) fail(msg); };
+
+const userData = fs.mkdtempSync(path.join(os.tmpdir(), 'wss-chat-chromium-'));
+const context = await chromium.launchPersistentContext(userData, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 760, height: 560 },
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--disable-features=LocalNetworkAccessChecks', `--ignore-certificate-errors-spki-list=${spkiHash}`],
+});
+context.setDefaultTimeout(20000);
+
+const dialogs = [];
+const errors = [];
+async function open(name, token) {
+  const page = await context.newPage();
+  page.on('dialog', (d) => { dialogs.push(`${name}: ${d.message()}`); d.dismiss().catch(() => {}); });
+  page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name}: ${m.text()}`); });
+  await page.goto(`${URL_BASE}/`);
+  await page.fill('#token', token);
+  await page.fill('#room', 'lobby');
+  await page.click('#connect');
+  return page;
+}
+const connected = (page, user) => page.waitForFunction(
+  (u) => document.getElementById('status').textContent === `connected as ${u} in lobby`, user);
+async function say(page, text) {
+  await page.fill('#text', text);
+  await page.click('#sendbtn');
+}
+// The last message from `from` on `page`, once its text matches.
+async function lastFrom(page, from, text) {
+  await page.waitForFunction(([f, t]) => [...document.querySelectorAll('#messages li')]
+    .some((li) => li.querySelector('.from')?.textContent === f && li.querySelector('.text').textContent === t), [from, text]);
+  return page.evaluate(([f, t]) => {
+    const li = [...document.querySelectorAll('#messages li')]
+      .find((l) => l.querySelector('.from')?.textContent === f && l.querySelector('.text').textContent === t);
+    const body = li.querySelector('.text');
+    return { text: body.textContent, elements: body.querySelectorAll('*').length, hasTime: !!li.querySelector('.time') };
+  }, [from, text]);
+}
+
+// 1. Two pages chat.
+const alice = await open('alice', ALICE);
+const bob = await open('bob', BOB);
+await connected(alice, 'alice');
+await connected(bob, 'bob');
+await say(alice, 'hello bob');
+let m = await lastFrom(bob, 'alice', 'hello bob');
+check(m.hasTime, 'messages show their time');
+await say(bob, 'hi alice, all good here');
+await lastFrom(alice, 'bob', 'hi alice, all good here');
+
+// 2. An XSS payload typed in one page shows as text in the other and runs nothing.
+await say(alice, '1 < 2 <img src=x onerror=alert(1)> & <script>alert(2)</script><b onclick=alert(3)>done</b>');
+m = await lastFrom(bob, 'alice', '1 < 2  & done');
+check(m.elements === 0, `the delivered message has ${m.elements} elements; it should be text only`);
+await say(alice, '<svg onload=alert(4)>');
+await alice.waitForSelector('#error:not([hidden])');
+check((await alice.textContent('#error')).includes('Nothing left'), 'an all-markup message is refused with a reason');
+await bob.waitForTimeout(500);
+check(dialogs.length === 0, `a dialog opened: ${dialogs}`);
+check(errors.length === 0, `console errors: ${errors}`);
+
+fs.mkdirSync(SHOTS, { recursive: true });
+await alice.screenshot({ path: path.join(SHOTS, 'chat-alice.png') });
+await bob.screenshot({ path: path.join(SHOTS, 'chat-bob.png') });
+
+// 3. A page from a foreign origin cannot connect: the browser really sends that Origin.
+const evil = await context.newPage();
+await evil.route('https://evil.example/', (route) => route.fulfill({
+  contentType: 'text/html',
+  body: `<!doctype html><title>waiting</title><script>
+    const ws = new WebSocket(${JSON.stringify(URL_BASE.replace('https:', 'wss:') + '/rooms/lobby')},
+      ['wss-chat.v1', 'bearer.' + ${JSON.stringify(ALICE)}]);
+    ws.onopen = () => { document.title = 'open'; ws.send(JSON.stringify({type: 'message', text: 'from evil'})); };
+    ws.onclose = (e) => { if (document.title !== 'open') document.title = 'closed:' + e.code; };
+  </script>`,
+}));
+await evil.goto('https://evil.example/');
+await evil.waitForFunction(() => document.title !== 'waiting');
+check((await evil.title()) === 'closed:1006', `foreign page: ${await evil.title()}`);
+await evil.close();
+
+// 4. Kill and restart the server: the pages reconnect on their own.
+console.log('RESTART');
+check((await nextLine()) === 'RESTARTED', 'the test driver did not restart the server');
+await alice.waitForFunction(() => document.getElementById('status').textContent.startsWith('disconnected')
+  || document.getElementById('status').textContent.startsWith('connected as'));
+await connected(alice, 'alice');
+await connected(bob, 'bob');
+await say(bob, 'back after the restart');
+await lastFrom(alice, 'bob', 'back after the restart');
+const notices = await alice.$$eval('#messages li.notice .text', (l) => l.map((x) => x.textContent));
+check(notices.some((n) => n.startsWith('Disconnected')), 'the page showed the disconnection');
+
+check(dialogs.length === 0 && errors.length === 0, `dialogs ${dialogs}, errors ${errors}`);
+await context.close();
+fs.rmSync(userData, { recursive: true, force: true });
+console.log('OK');
+process.exit(0);
