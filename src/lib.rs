@@ -39,7 +39,9 @@ pub const ENVELOPE_ALLOWANCE: usize = 1024;
 /// Message size limit in `server.echo_mode` (test only): what Autobahn|Testsuite sends.
 const ECHO_MODE_MESSAGE_LIMIT: usize = 16 << 20;
 /// tungstenite reads in chunks of this; its 128 KiB default costs that much per connection.
-const READ_BUFFER: usize = 4 * 1024;
+/// It reads from rustls's plaintext buffer, not the socket, so a small chunk costs no extra
+/// system calls; a larger frame still gets a buffer of its own size.
+const READ_BUFFER: usize = 1024;
 /// Frames are batched up to this before a write; flush writes the rest.
 const WRITE_BUFFER: usize = 16 * 1024;
 
