@@ -320,10 +320,6 @@ async fn write_loop(
             },
             _ = ping.tick() => Outgoing::Frame(Message::Ping(Default::default())),
         };
-        // Let the other tasks the scheduler already holds run first: under load they are
-        // publishers, and what they queue for us now goes out in this batch instead of
-        // costing another wake-up, write and TLS record of its own.
-        tokio::task::yield_now().await;
         // Write this item and everything else already queued, then flush once. A socket that
         // will not drain must not hold us here past an overflow or a shutdown.
         let mut close_req = None;
