@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 REPEATS=${REPEATS:-3}
 SERVERS=${SERVERS:-"wss-chat uws node-ws gorilla wss-chat-2core"}
-MODES=${MODES:-"broadcast saturate idle handshakes"}
+MODES=${MODES:-"broadcast saturate idle handshakes handshakes-x25519"}
 CLIENTS=${CLIENTS:-1000}
 SENDERS=${SENDERS:-10}
 SIZE=${SIZE:-128}
@@ -106,6 +106,7 @@ for r in $(seq 1 "$REPEATS"); do
         saturate) args=(saturate --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --duration-secs 5 --warmup-secs 1) ;;
         idle) args=(idle --clients 5000) ;;
         handshakes) args=(handshakes --duration-secs 5) ;;
+        handshakes-x25519) args=(--classic-kx handshakes --duration-secs 5) ;;
       esac
       echo "== run $r/$REPEATS: $name $mode"
       start "$name"
@@ -133,6 +134,8 @@ metrics = [
     ("idle KiB per connection (lower)", "idle", "kib_per_connection", False),
     ("handshakes/s (higher)", "handshakes", "handshakes_per_sec", True),
     ("CPU-us per handshake (lower)", "handshakes", "cpu_us_per_handshake", False),
+    ("handshakes/s, client offers X25519 only", "handshakes-x25519", "handshakes_per_sec", True),
+    ("CPU-us per handshake, X25519 only", "handshakes-x25519", "cpu_us_per_handshake", False),
 ]
 servers = [s for s in ["wss-chat", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
 peers = [s for s in servers if s not in ("wss-chat", "wss-chat-2core")]

@@ -57,6 +57,10 @@ struct TargetArgs {
     /// Send this static token instead of minting a signed one per user (for peer servers).
     #[arg(long)]
     token: Option<String>,
+    /// In full handshakes offer only X25519, as clients without post-quantum key exchange do
+    /// (by default rustls offers X25519MLKEM768 first, which costs the server an ML-KEM step).
+    #[arg(long)]
+    classic_kx: bool,
 }
 
 #[derive(Subcommand)]
@@ -98,10 +102,15 @@ impl Target {
         let cfg = rustls::ClientConfig::builder()
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
-        let mut fresh =
-            rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if a.classic_kx {
+            provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        }
+        let mut fresh = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         fresh.resumption = rustls::client::Resumption::disabled();
         let secret = match &a.secret_file {
             Some(f) => std::fs::read(f)
