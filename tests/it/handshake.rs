@@ -125,28 +125,16 @@ async fn room_not_in_token_and_missing_room_get_the_same_403() {
         Some(403)
     );
     // The bodies match too, so a client cannot tell a missing room from a forbidden one.
-    let forbidden = s
-        .https_raw(
-            format!(
-                "GET /rooms/lobby HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\n\
-                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {ORIGIN}\r\n\
-                 Authorization: {dave}\r\n\r\n"
-            )
-            .as_bytes(),
+    let raw_upgrade = |room: &str| {
+        format!(
+            "GET /rooms/{room} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {ORIGIN}\r\n\
+             Authorization: {dave}\r\n\r\n"
         )
-        .await;
-    let missing = s
-        .https_raw(
-            format!(
-                "GET /rooms/nope HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\n\
-                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {ORIGIN}\r\n\
-                 Authorization: {dave}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
+    };
+    let forbidden = s.https_raw(raw_upgrade("lobby").as_bytes()).await;
+    let missing = s.https_raw(raw_upgrade("nope").as_bytes()).await;
     let strip_date = |r: &str| {
         r.lines()
             .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
