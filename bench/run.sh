@@ -36,31 +36,12 @@ ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
 make_test_ca "$WORK"
-head -c 48 /dev/urandom | base64 > "$WORK/jwt-secret"
 TOKEN=bench-token-0123456789
 # The bench config: shipped defaults, with the rate limits and caps raised past what the load
 # itself needs (a benchmark measures the server, not its limiter). Sanitising stays on.
-cat > "$WORK/config.toml" <<CONF
-[server]
-listen = "127.0.0.1:0"
-max_connections = 20000
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-[origins]
-allowed = ["https://localhost"]
-[auth]
-jwt_secret_file = "jwt-secret"
-[rooms]
-names = ["bench"]
-max_members = 6000
-[limits]
-messages_per_second = 1000000
+load_config "$WORK" '["bench"]' 6000 "messages_per_second = 1000000
 burst = 1000000
-handshakes_per_minute_per_ip = 1000000
-[log]
-level = "warn,wss_chat=info,wss_chat::session=warn,wss_chat::http=warn"
-CONF
+handshakes_per_minute_per_ip = 1000000"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

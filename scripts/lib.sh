@@ -72,3 +72,30 @@ handshakes_per_minute_per_ip = 100000
 outbound_queue_bytes = 67108864
 CONF
 }
+
+# load_config DIR ROOMS MAX_MEMBERS LIMITS: the config the soak and the benchmark share (signed
+# tokens from DIR/jwt-secret, made here; caps for 20,000 connections; quiet per-connection
+# logs), with their own rooms (a TOML array), room size and [limits] lines.
+load_config() {
+  local d=$1 rooms=$2 max_members=$3 limits=$4
+  head -c 48 /dev/urandom | base64 > "$d/jwt-secret"
+  cat > "$d/config.toml" <<CONF
+[server]
+listen = "127.0.0.1:0"
+max_connections = 20000
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[origins]
+allowed = ["https://localhost"]
+[auth]
+jwt_secret_file = "jwt-secret"
+[rooms]
+names = $rooms
+max_members = $max_members
+[limits]
+$limits
+[log]
+level = "warn,wss_chat=info,wss_chat::session=warn,wss_chat::http=warn"
+CONF
+}

@@ -17,27 +17,9 @@ ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
 make_test_ca "$WORK"
-head -c 48 /dev/urandom | base64 > "$WORK/jwt-secret"
-cat > "$WORK/config.toml" <<CONF
-# Soak config: the defaults, except the caps a 10,000-connection test needs.
-[server]
-listen = "127.0.0.1:0"
-max_connections = 20000
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-[origins]
-allowed = ["https://localhost"]
-[auth]
-jwt_secret_file = "jwt-secret"
-[rooms]
-names = ["soak0", "soak1", "soak2", "soak3", "soak4", "soak5", "soak6", "soak7", "soak8", "soak9"]
-max_members = 2000
-[limits]
-handshakes_per_minute_per_ip = 600
-[log]
-level = "warn,wss_chat=info,wss_chat::session=warn,wss_chat::http=warn"
-CONF
+# The defaults, except the caps a 10,000-connection test needs.
+load_config "$WORK" '["soak0", "soak1", "soak2", "soak3", "soak4", "soak5", "soak6", "soak7", "soak8", "soak9"]' \
+  2000 "handshakes_per_minute_per_ip = 600"
 start_server target/release/wss-chat "$WORK/config.toml" "$WORK/server.log"
 echo "server pid $SERVER_PID on port $SERVER_PORT"
 status=0

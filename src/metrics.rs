@@ -117,7 +117,11 @@ impl Metrics {
     }
 
     pub fn dropped(&self, reason: &'static str) {
-        self.dropped.get_or_create(&[("reason", reason)]).inc();
+        self.dropped_by(reason, 1);
+    }
+
+    pub fn dropped_by(&self, reason: &'static str, n: u64) {
+        self.dropped.get_or_create(&[("reason", reason)]).inc_by(n);
     }
 
     pub fn render(&self) -> String {

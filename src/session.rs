@@ -146,18 +146,8 @@ async fn read_loop(
             // tungstenite answers each ping with a pong; that costs us a write, so pings draw on
             // the same quota as messages and a ping flood ends like a message flood.
             Ok(Message::Ping(_)) => {
-                match limiter.check(&shared.limits, user) {
-                    Verdict::Allowed => {}
-                    Verdict::Limited(_) => {
-                        shared.metrics.rate_limit_hits.inc();
-                    }
-                    Verdict::Disconnect => {
-                        shared.metrics.rate_limit_hits.inc();
-                        return Some(Ending {
-                            code: close::POLICY,
-                            reason: "rate limit exceeded repeatedly",
-                        });
-                    }
+                if let Err(ending) = charge(&mut limiter, shared, user) {
+                    return Some(ending);
                 }
                 continue;
             }
@@ -186,10 +176,9 @@ async fn read_loop(
             };
             outbox.push(Message::text(frame.to_json()));
         };
-        match limiter.check(&shared.limits, user) {
-            Verdict::Allowed => {}
-            Verdict::Limited(wait) => {
-                shared.metrics.rate_limit_hits.inc();
+        match charge(&mut limiter, shared, user) {
+            Ok(None) => {}
+            Ok(Some(wait)) => {
                 reply_error(
                     ErrorCode::RateLimited,
                     "rate limit exceeded, slow down",
@@ -197,13 +186,7 @@ async fn read_loop(
                 );
                 continue;
             }
-            Verdict::Disconnect => {
-                shared.metrics.rate_limit_hits.inc();
-                return Some(Ending {
-                    code: close::POLICY,
-                    reason: "rate limit exceeded repeatedly",
-                });
-            }
+            Err(ending) => return Some(ending),
         }
         let Ok(ClientFrame::Message { text: body, id: _ }) = &parsed else {
             reply_error(
@@ -250,8 +233,8 @@ async fn read_loop(
         let m = &shared.metrics;
         m.fanout_seconds.observe(started.elapsed().as_secs_f64());
         m.messages_delivered.inc_by(fanout.queued);
-        for _ in 0..fanout.overflowed {
-            m.dropped("slow_consumer");
+        if fanout.overflowed > 0 {
+            m.dropped_by("slow_consumer", fanout.overflowed);
         }
         if let Some(id) = id {
             let ack = ServerFrame::Ack {
@@ -260,6 +243,27 @@ async fn read_loop(
             };
             outbox.push(Message::text(ack.to_json()));
         }
+    }
+}
+
+/// Charge one frame (a message or a ping) to the rate limits: `Ok(None)` to go on,
+/// `Ok(Some(wait))` to refuse it, `Err` to close the connection.
+fn charge(
+    limiter: &mut crate::limits::ConnectionLimiter,
+    shared: &Shared,
+    user: &str,
+) -> Result<Option<Duration>, Ending> {
+    let verdict = limiter.check(&shared.limits, user);
+    if verdict != Verdict::Allowed {
+        shared.metrics.rate_limit_hits.inc();
+    }
+    match verdict {
+        Verdict::Allowed => Ok(None),
+        Verdict::Limited(wait) => Ok(Some(wait)),
+        Verdict::Disconnect => Err(Ending {
+            code: close::POLICY,
+            reason: "rate limit exceeded repeatedly",
+        }),
     }
 }
 

@@ -1,12 +1,6 @@
 //! A bad config file stops the server at start with every problem named by key, exit code 2.
 
-use std::process::Command;
-
 use crate::support::*;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wss-chat"))
-}
 
 #[test]
 fn shipped_config_is_valid() {

@@ -1,15 +1,11 @@
 //! What an operator sees: metrics that move, log lines with reasons and no secrets, the
 //! command-line tools, and the headers on the page.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::json;
 
 use crate::support::*;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wss-chat"))
-}
 
 async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

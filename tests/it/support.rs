@@ -408,6 +408,11 @@ fn spawn(cfg_path: &std::path::Path, log: &Arc<Mutex<Vec<String>>>) -> (Child, S
     }
 }
 
+/// The server binary, for command-line tests.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wss-chat"))
+}
+
 /// A free loopback port (bound and released; a test that needs a fixed port uses it at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
