@@ -12,8 +12,8 @@ use hyper::header::{HeaderMap, AUTHORIZATION, COOKIE, SEC_WEBSOCKET_PROTOCOL};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthConfig;
-use crate::protocol::{BEARER_PROTOCOL_PREFIX, TOKEN_COOKIE};
+use crate::config::{parse_sha256_hex, AuthConfig, StaticUser};
+use crate::protocol::{valid_user_name, BEARER_PROTOCOL_PREFIX, TOKEN_COOKIE};
 
 /// A user the server has authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,8 +134,13 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Build from a validated config; `base` resolves a relative secret file.
     pub fn from_config(cfg: &AuthConfig, base: &Path) -> Result<Authenticator, String> {
-        let statics = cfg
-            .users
+        let secret = cfg.load_secret(base).map_err(|p| p.to_string())?;
+        Authenticator::new(&cfg.users, secret.as_deref())
+    }
+
+    /// Static users and, when given, the HS256 secret for signed tokens.
+    pub fn new(users: &[StaticUser], secret: Option<&[u8]>) -> Result<Authenticator, String> {
+        let statics = users
             .iter()
             .map(|u| {
                 Ok(StaticEntry {
@@ -146,12 +151,12 @@ impl Authenticator {
                 })
             })
             .collect::<Result<_, String>>()?;
-        let jwt = load_secret(cfg, base)?.map(|secret| {
+        let jwt = secret.map(|secret| {
             let mut v = Validation::new(Algorithm::HS256);
             v.validate_nbf = true;
             v.leeway = 5;
             v.set_required_spec_claims(&["exp", "sub"]);
-            (DecodingKey::from_secret(&secret), v)
+            (DecodingKey::from_secret(secret), v)
         });
         Ok(Authenticator { statics, jwt })
     }
@@ -190,7 +195,7 @@ impl Authenticator {
 fn verify_jwt(token: &str, key: &DecodingKey, v: &Validation) -> Result<Identity, Refusal> {
     use jsonwebtoken::errors::ErrorKind;
     match jsonwebtoken::decode::<Claims>(token, key, v) {
-        Ok(data) if !data.claims.sub.is_empty() && data.claims.sub.len() <= 64 => Ok(Identity {
+        Ok(data) if valid_user_name(&data.claims.sub) => Ok(Identity {
             user: data.claims.sub,
             rooms: data.claims.rooms,
             expires_at: Some(data.claims.exp),
@@ -199,25 +204,6 @@ fn verify_jwt(token: &str, key: &DecodingKey, v: &Validation) -> Result<Identity
         Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(Refusal::Expired),
         Err(_) => Err(Refusal::Invalid),
     }
-}
-
-/// Read the HS256 secret from the file or environment variable the config names.
-pub fn load_secret(cfg: &AuthConfig, base: &Path) -> Result<Option<Vec<u8>>, String> {
-    if let Some(f) = &cfg.jwt_secret_file {
-        let path = if f.is_absolute() {
-            f.clone()
-        } else {
-            base.join(f)
-        };
-        let s = std::fs::read(&path)
-            .map_err(|e| format!("auth.jwt_secret_file: cannot read {}: {e}", path.display()))?;
-        return Ok(Some(s.trim_ascii().to_vec()));
-    }
-    if let Some(var) = &cfg.jwt_secret_env {
-        let s = std::env::var(var).map_err(|_| format!("auth.jwt_secret_env: {var} is not set"))?;
-        return Ok(Some(s.trim().as_bytes().to_vec()));
-    }
-    Ok(None)
 }
 
 /// Mint a signed token (used by `wss-chat token` and by tests).
@@ -237,19 +223,6 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     sha256(data).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
-    let s = s.as_bytes();
-    if s.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; 32];
-    for (i, pair) in s.chunks(2).enumerate() {
-        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -6,13 +6,14 @@
 //! one pass rather than one error per restart.
 
 use std::fmt;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::origin::OriginRule;
-use crate::protocol::valid_room_name;
+use crate::protocol::{valid_room_name, valid_user_name};
 
 /// A problem with one key of the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +52,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -69,7 +70,7 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: String,
@@ -80,6 +81,9 @@ pub struct ServerConfig {
     /// TLS handshake plus HTTP upgrade must finish within this, or the socket is dropped.
     pub handshake_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// After sending a Close, how long to keep reading for the peer's Close before the socket
+    /// is shut anyway (RFC 6455 section 7.1.1). Bounded so a peer cannot hold a socket open.
+    pub close_grace_ms: u64,
     /// The server pings every client this often, so dead peers and NAT timeouts show up.
     pub ping_interval_ms: u64,
     /// A connection that sends nothing (not even a pong) for this long is closed.
@@ -88,7 +92,7 @@ pub struct ServerConfig {
     pub echo_mode: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -99,7 +103,7 @@ pub struct TlsConfig {
 }
 
 /// Which TLS versions are offered (Mozilla's server-side TLS profiles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsProfile {
     /// TLS 1.2 and 1.3: every browser and client of the last decade.
@@ -108,14 +112,14 @@ pub enum TlsProfile {
     Modern,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginsConfig {
     pub allowed: Vec<String>,
     pub allow_missing: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub users: Vec<StaticUser>,
@@ -126,7 +130,7 @@ pub struct AuthConfig {
     pub allow_query_token: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticUser {
     pub name: String,
@@ -134,7 +138,7 @@ pub struct StaticUser {
     pub rooms: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
     /// Rooms that always exist.
@@ -145,7 +149,7 @@ pub struct RoomsConfig {
     pub max_members: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_message_bytes: usize,
@@ -156,20 +160,20 @@ pub struct LimitsConfig {
     pub outbound_queue_bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SanitizeMode {
     Strip,
     Basic,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SanitizeConfig {
     pub mode: SanitizeMode,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter such as `info` or `wss_chat=debug`; `RUST_LOG` overrides it.
@@ -177,7 +181,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -185,7 +189,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Where to serve Prometheus metrics (plain HTTP); off when unset.
@@ -218,6 +222,7 @@ impl Default for ServerConfig {
             max_connections_per_user: 16,
             handshake_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
+            close_grace_ms: 2_000,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
             echo_mode: false,
@@ -277,9 +282,89 @@ impl Default for LogConfig {
     }
 }
 
+impl AuthConfig {
+    /// The HS256 secret, read from the one place the config names: the whole file (surrounding
+    /// whitespace trimmed) or the environment variable. The only reader of the secret, so the
+    /// checks at start, the server and `wss-chat token` agree on what it is.
+    pub fn load_secret(&self, base: &Path) -> Result<Option<Vec<u8>>, Problem> {
+        let problem = |key: &str, reason: String| Problem {
+            key: key.into(),
+            reason,
+        };
+        let (key, secret) = match (&self.jwt_secret_file, &self.jwt_secret_env) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(problem(
+                    "auth.jwt_secret_env",
+                    "set either auth.jwt_secret_file or auth.jwt_secret_env, not both".into(),
+                ))
+            }
+            (Some(f), None) => {
+                let path = if f.is_absolute() {
+                    f.clone()
+                } else {
+                    base.join(f)
+                };
+                let mut bytes = Vec::new();
+                // Bounded, so a path such as /dev/zero fails the check instead of eating memory.
+                std::fs::File::open(&path)
+                    .and_then(|f| f.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes))
+                    .map_err(|e| {
+                        problem(
+                            "auth.jwt_secret_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+                    return Err(problem(
+                        "auth.jwt_secret_file",
+                        format!(
+                            "{} is larger than {MAX_SECRET_FILE_BYTES} bytes",
+                            path.display()
+                        ),
+                    ));
+                }
+                ("auth.jwt_secret_file", bytes.trim_ascii().to_vec())
+            }
+            (None, Some(var)) => {
+                let s = std::env::var(var).map_err(|_| {
+                    problem(
+                        "auth.jwt_secret_env",
+                        format!("environment variable {var} is not set or not UTF-8"),
+                    )
+                })?;
+                ("auth.jwt_secret_env", s.trim().as_bytes().to_vec())
+            }
+        };
+        if secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(problem(
+                key,
+                format!("the secret must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+            ));
+        }
+        Ok(Some(secret))
+    }
+}
+
+/// The 32 bytes of a SHA-256 written as 64 hex digits (`token_sha256`), or `None`.
+pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in s.chunks(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
 /// Hard ceilings: past these a setting stops being a loosened default and becomes a hazard.
 const MAX_MESSAGE_BYTES_CEILING: usize = 1 << 20;
 const MIN_JWT_SECRET_BYTES: usize = 32;
+/// A secret file is a few dozen bytes; anything this large is the wrong file.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 impl Config {
     /// Read, parse and validate a config file.
@@ -370,6 +455,12 @@ impl Config {
                 "must be more than server.ping_interval_ms (so a live client can answer a ping) and at most 86400000".into(),
             );
         }
+        if !(100..=10_000).contains(&self.server.close_grace_ms) {
+            bad(
+                "server.close_grace_ms",
+                "must be between 100 and 10000".into(),
+            );
+        }
         if self.server.shutdown_timeout_ms > 300_000 {
             bad(
                 "server.shutdown_timeout_ms",
@@ -411,7 +502,7 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.auth.users.iter().enumerate() {
             let key = format!("auth.users[{i}]");
-            if u.name.is_empty() || u.name.len() > 64 || u.name.chars().any(char::is_control) {
+            if !valid_user_name(&u.name) {
                 bad(
                     &format!("{key}.name"),
                     "must be 1 to 64 characters without control characters".into(),
@@ -423,7 +514,7 @@ impl Config {
                     format!("{:?} is listed twice", u.name),
                 );
             }
-            if crate::auth::parse_sha256_hex(&u.token_sha256).is_none() {
+            if parse_sha256_hex(&u.token_sha256).is_none() {
                 bad(
                     &format!("{key}.token_sha256"),
                     "must be 64 hex digits (the SHA-256 of the token; `wss-chat hash-token` prints it)"
@@ -439,34 +530,8 @@ impl Config {
                 }
             }
         }
-        match (&self.auth.jwt_secret_file, &self.auth.jwt_secret_env) {
-            (Some(_), Some(_)) => bad(
-                "auth.jwt_secret_env",
-                "set either auth.jwt_secret_file or auth.jwt_secret_env, not both".into(),
-            ),
-            (Some(f), None) => match std::fs::read(self.resolve(f)) {
-                Ok(s) if s.trim_ascii().len() < MIN_JWT_SECRET_BYTES => bad(
-                    "auth.jwt_secret_file",
-                    format!("the secret must be at least {MIN_JWT_SECRET_BYTES} bytes"),
-                ),
-                Ok(_) => {}
-                Err(e) => bad(
-                    "auth.jwt_secret_file",
-                    format!("cannot read {}: {e}", self.resolve(f).display()),
-                ),
-            },
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(s) if s.trim().len() < MIN_JWT_SECRET_BYTES => bad(
-                    "auth.jwt_secret_env",
-                    format!("${var} must hold at least {MIN_JWT_SECRET_BYTES} bytes"),
-                ),
-                Ok(_) => {}
-                Err(_) => bad(
-                    "auth.jwt_secret_env",
-                    format!("environment variable {var} is not set or not UTF-8"),
-                ),
-            },
-            (None, None) => {}
+        if let Err(problem) = self.auth.load_secret(&self.base_dir) {
+            bad(&problem.key, problem.reason);
         }
         if self.auth.users.is_empty()
             && self.auth.jwt_secret_file.is_none()
@@ -594,7 +659,7 @@ impl Config {
             w.push("sanitize.mode = \"basic\": some HTML formatting tags are delivered".into());
         }
         // Numeric limits: raising one above its default loosens it.
-        let numbers = |c: &Config| -> [(&'static str, u64); 13] {
+        let numbers = |c: &Config| -> [(&'static str, u64); 14] {
             let (l, s) = (&c.limits, &c.server);
             [
                 ("limits.max_message_bytes", l.max_message_bytes as u64),
@@ -617,6 +682,7 @@ impl Config {
                 ),
                 ("server.handshake_timeout_ms", s.handshake_timeout_ms),
                 ("server.idle_timeout_ms", s.idle_timeout_ms),
+                ("server.close_grace_ms", s.close_grace_ms),
                 ("rooms.max_members", c.rooms.max_members as u64),
                 ("rooms.max_rooms", c.rooms.max_rooms as u64),
             ]

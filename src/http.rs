@@ -25,8 +25,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
 
 use crate::handshake::{self, Refusal};
+use crate::limits::ConnGuard;
 use crate::protocol::{valid_room_name, SUBPROTOCOL};
-use crate::server::ConnGuard;
 use crate::session;
 use crate::Shared;
 
@@ -40,11 +40,8 @@ pub async fn handle(
     guard: Arc<ConnGuard>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path();
-    let resp = if let Some(room) = path.strip_prefix("/rooms/") {
-        if !valid_room_name(room) {
-            plain(StatusCode::NOT_FOUND, "not found")
-        } else {
+    let resp = match route(req.uri().path()) {
+        Route::Room(room) => {
             let room = room.to_string();
             match handshake::gate(&shared, &req, peer, &room) {
                 Ok(admitted) => {
@@ -88,31 +85,51 @@ pub async fn handle(
                 }
             }
         }
-    } else if path == "/healthz" {
-        plain(StatusCode::OK, "ok")
-    } else if path == "/favicon.ico" {
-        // Browsers ask on every page load; no icon rather than a 404 in their console.
-        let mut r = Response::new(Body::default());
-        *r.status_mut() = StatusCode::NO_CONTENT;
-        r
-    } else if let Some((body, content_type)) = page(path) {
-        let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        r
-    } else {
-        plain(StatusCode::NOT_FOUND, "not found")
+        Route::Health => plain(StatusCode::OK, "ok"),
+        Route::Favicon => {
+            // Browsers ask on every page load; no icon rather than a 404 in their console.
+            let mut r = Response::new(Body::default());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        Route::Page(body, content_type) => {
+            let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            r
+        }
+        Route::NotFound => plain(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(with_security_headers(resp))
 }
 
-/// The browser client, compiled in.
-fn page(path: &str) -> Option<(&'static str, &'static str)> {
+/// Where a request path leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/rooms/{room}` with a valid room name: the upgrade gate.
+    Room(&'a str),
+    Health,
+    Favicon,
+    /// A file of the browser client, compiled in: body and content type.
+    Page(&'static str, &'static str),
+    /// Anything else, a `/rooms/` path with an invalid room name included.
+    NotFound,
+}
+
+/// The route table, one match so every path the server answers is listed here.
+pub fn route(path: &str) -> Route<'_> {
     match path {
-        "/" | "/index.html" => Some((include_str!("web/index.html"), "text/html; charset=utf-8")),
-        "/app.js" => Some((include_str!("web/app.js"), "text/javascript; charset=utf-8")),
-        "/app.css" => Some((include_str!("web/app.css"), "text/css; charset=utf-8")),
-        _ => None,
+        "/healthz" => Route::Health,
+        "/favicon.ico" => Route::Favicon,
+        "/" | "/index.html" => {
+            Route::Page(include_str!("web/index.html"), "text/html; charset=utf-8")
+        }
+        "/app.js" => Route::Page(include_str!("web/app.js"), "text/javascript; charset=utf-8"),
+        "/app.css" => Route::Page(include_str!("web/app.css"), "text/css; charset=utf-8"),
+        _ => match path.strip_prefix("/rooms/") {
+            Some(room) if valid_room_name(room) => Route::Room(room),
+            _ => Route::NotFound,
+        },
     }
 }
 

@@ -5,7 +5,8 @@
 //! timer per client. The keyed ones grow with every distinct user or address they see, so
 //! [`Limits::prune`] runs on a timer to drop keys idle for a full replenish interval. A
 //! [`CapCounter`] holds an entry only while its key has live connections, so it is bounded by
-//! `server.max_connections` however many addresses or users come and go.
+//! `server.max_connections` however many addresses or users come and go. A [`ConnGuard`] is an
+//! accepted connection's place under the connection caps.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::LimitsConfig;
 
@@ -210,6 +212,30 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
                 IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into())
             }
         },
+    }
+}
+
+/// What one accepted connection holds until it ends; dropping it frees its place under both
+/// `server.max_connections` and `server.max_connections_per_ip`.
+#[derive(Debug)]
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    _per_ip: CapSlot<IpAddr>,
+}
+
+impl ConnGuard {
+    /// A place for a connection from `ip`, or `None` when either cap is reached.
+    pub fn admit(
+        slots: &Arc<Semaphore>,
+        per_ip: &Arc<CapCounter<IpAddr>>,
+        ip: IpAddr,
+    ) -> Option<ConnGuard> {
+        let permit = slots.clone().try_acquire_owned().ok()?;
+        let slot = per_ip.try_take(address_key(ip))?;
+        Some(ConnGuard {
+            _permit: permit,
+            _per_ip: slot,
+        })
     }
 }
 

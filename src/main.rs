@@ -198,7 +198,7 @@ fn mint(path: &Path, user: String, rooms: Option<Vec<String>>, ttl: u64) -> Exit
             return ExitCode::from(2);
         }
     };
-    let secret = match wss_chat::auth::load_secret(&config.auth, &config.base_dir) {
+    let secret = match config.auth.load_secret(&config.base_dir) {
         Ok(Some(s)) => s,
         Ok(None) => {
             eprintln!(

@@ -114,6 +114,15 @@ pub mod close {
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode::Again;
 }
 
+/// Longest user name, in bytes.
+pub const MAX_USER_NAME: usize = 64;
+
+/// Whether a user name is 1 to 64 bytes with no control character: it is shown to every
+/// member and written to logs, where a newline or an escape sequence could forge a line.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_USER_NAME && !name.chars().any(char::is_control)
+}
+
 /// Whether a room name is 1 to 64 of `[A-Za-z0-9_.-]`.
 pub fn valid_room_name(name: &str) -> bool {
     !name.is_empty()

@@ -1,9 +1,10 @@
 //! Making a chat message safe to insert as HTML in every recipient's page.
 //!
 //! Runs once per message, before fan-out (ammonia costs microseconds per message, so per
-//! recipient would multiply that by the room size). Invisible and direction-changing characters
-//! go first, since they can disguise a message or a link; then ammonia parses the text as HTML
-//! and re-serialises only what the policy allows, escaping everything else.
+//! recipient would multiply that by the room size). ammonia parses the text as HTML and
+//! re-serialises only what the policy allows, escaping everything else; then invisible and
+//! direction-changing characters go, since they can disguise a message or a link, whether they
+//! came raw or as character references that the parser decoded.
 
 use std::collections::HashSet;
 
@@ -12,6 +13,8 @@ use crate::config::SanitizeMode;
 /// A configured sanitiser; build once, share across sessions.
 pub struct Sanitizer {
     html: ammonia::Builder<'static>,
+    /// Basic mode delivers some tags; strip mode's output is text only.
+    keeps_tags: bool,
 }
 
 impl std::fmt::Debug for Sanitizer {
@@ -32,13 +35,31 @@ impl Sanitizer {
                 .url_relative(ammonia::UrlRelative::Deny)
                 .link_rel(Some("noopener noreferrer nofollow"));
         }
-        Sanitizer { html: b }
+        Sanitizer {
+            html: b,
+            keeps_tags: mode == SanitizeMode::Basic,
+        }
     }
 
     /// The text to deliver, or `None` when nothing visible is left.
     pub fn clean(&self, text: &str) -> Option<String> {
-        let visible: String = text.chars().filter(|&c| !is_hidden(c)).collect();
-        let out = self.html.clean(&visible).to_string();
+        let mut html = self.html.clean(text).to_string();
+        if self.keeps_tags {
+            // ammonia can serialise a tree that parses differently (an <a> nested in an <a>,
+            // found by the sanitizer fuzzer), so a client that re-parses would see other
+            // markup than we checked. Sanitise again until the output is stable; two passes
+            // have always sufficed, the bound keeps a pathological input cheap.
+            for _ in 0..3 {
+                let again = self.html.clean(&html).to_string();
+                if again == html {
+                    break;
+                }
+                html = again;
+            }
+        }
+        // Filtered after ammonia, not before: it decodes character references, so `&#x202E;`
+        // in the input is a raw bidi override in its output (found by the sanitizer fuzzer).
+        let out: String = html.chars().filter(|&c| !is_hidden(c)).collect();
         (!out.trim().is_empty()).then_some(out)
     }
 }
@@ -99,5 +120,30 @@ mod tests {
             Some("abcdef\nx\ty")
         );
         assert_eq!(s.clean("\u{202E}\u{200B} \n"), None);
+    }
+
+    #[test]
+    fn basic_mode_output_is_stable_when_sanitised_again() {
+        // Found by the sanitizer fuzzer: a nested <a> that re-parses as two siblings.
+        let found = include_bytes!(
+            "../fuzz/corpus/sanitizer/crash-02b47a95d081b937e7c3a3ed9052d0738c535918"
+        );
+        let s = Sanitizer::new(SanitizeMode::Basic);
+        let once = s.clean(&String::from_utf8_lossy(found)).unwrap();
+        assert_eq!(s.clean(&once).as_deref(), Some(once.as_str()));
+        assert!(!once.contains("java<a"), "{once}");
+    }
+
+    #[test]
+    fn hidden_characters_written_as_references_are_removed_too() {
+        for mode in [SanitizeMode::Strip, SanitizeMode::Basic] {
+            let s = Sanitizer::new(mode);
+            assert_eq!(
+                s.clean("pay&#x202E;lanigiro&#8236; a&#6;b&#x200B;c&#0;d")
+                    .as_deref(),
+                Some("paylanigiro abc\u{FFFD}d")
+            );
+            assert_eq!(s.clean("&#x202E;&#x2066;"), None);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! 1001, and [`serve`] waits up to `server.shutdown_timeout_ms` for them to go.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +16,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::limits::{address_key, CapCounter, CapSlot};
+use crate::limits::{CapCounter, ConnGuard};
 use crate::Shared;
 
 /// Largest HTTP request head we read (request line plus headers); past it hyper answers 431.
@@ -29,13 +29,6 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How often idle rate-limiter keys are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-
-/// What one accepted connection holds until it ends; dropping it frees its place in both caps.
-#[derive(Debug)]
-pub struct ConnGuard {
-    _permit: OwnedSemaphorePermit,
-    _per_ip: CapSlot<IpAddr>,
-}
 
 /// Accept on `listener` until `shutdown` resolves, then drain.
 pub async fn serve(
@@ -72,7 +65,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(guard) = admit(&slots, &per_ip, peer.ip()) else {
+        let Some(guard) = ConnGuard::admit(&slots, &per_ip, peer.ip()) else {
             debug!(%peer, "connection refused at accept: over a connection cap");
             shared.metrics.refused("cap");
             drop(tcp);
@@ -98,19 +91,6 @@ pub async fn serve(
         Ok(_) => info!("all connections closed"),
         Err(_) => warn!("shutdown timeout reached with connections still open"),
     }
-}
-
-fn admit(
-    slots: &Arc<Semaphore>,
-    per_ip: &Arc<CapCounter<IpAddr>>,
-    ip: IpAddr,
-) -> Option<ConnGuard> {
-    let permit = slots.clone().try_acquire_owned().ok()?;
-    let slot = per_ip.try_take(address_key(ip))?;
-    Some(ConnGuard {
-        _permit: permit,
-        _per_ip: slot,
-    })
 }
 
 /// TLS, then HTTP until the upgrade, all within the handshake deadline.

@@ -1,18 +1,29 @@
-//! One live WebSocket connection: a reader and a writer, joined at the connection's outbox.
+//! One live WebSocket connection: a reader and a writer, joined at the connection's outbox, and
+//! the closing handshake that ends it.
 //!
 //! Reader: frame (size already capped by the WebSocket layer) -> JSON -> rate -> length ->
 //! sanitise -> `room.publish`. Writer: drain everything queued, write it, flush once; close the
 //! socket with the right RFC 6455 code. tungstenite only reports a protocol error, so sending
 //! the Close frame with its code is done here.
+//!
+//! Closing (RFC 6455 section 7.1.1): whoever decides first (the reader on a bad frame or a
+//! flood, the writer on a slow consumer or shutdown) starts one deadline of
+//! `server.close_grace_ms`. Until it passes the writer sends what was queued (the error frames
+//! that explain the close) and then the Close frame, while the reader reads and discards until
+//! the peer's Close. Only then is TLS close_notify sent and the socket shut: dropping a socket
+//! with unread input makes the kernel answer with a reset, and the peer then loses every frame
+//! it had not read yet, our Close included. A peer that never stops sending is cut at the
+//! deadline, never before.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -27,15 +38,68 @@ use crate::room::{Outbox, Outgoing};
 use crate::Shared;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Sink = futures_util::stream::SplitSink<Ws, Message>;
+type Stream = futures_util::stream::SplitStream<Ws>;
 
-/// How long a Close frame may take to go out before the socket is simply dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long TLS close_notify may take once the closing handshake is over or cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 
 /// Why a session ended, for its log line.
 #[derive(Debug, Clone)]
 struct Ending {
     code: CloseCode,
     reason: &'static str,
+}
+
+/// The closing handshake's one deadline, started by whichever side decides to close first.
+struct Closing {
+    grace: Duration,
+    started: OnceLock<(Ending, tokio::time::Instant)>,
+    began: Notify,
+}
+
+impl Closing {
+    /// Start closing with `ending` unless closing already began; returns the deadline.
+    fn begin(&self, ending: Ending) -> tokio::time::Instant {
+        let (first, deadline) = self.started.get_or_init(|| {
+            debug!(
+                "closing with {} ({})",
+                u16::from(ending.code),
+                ending.reason
+            );
+            self.began.notify_one();
+            (ending, tokio::time::Instant::now() + self.grace)
+        });
+        let _ = first;
+        *deadline
+    }
+
+    /// Resolves when closing has begun and its deadline has passed.
+    async fn expired(&self) {
+        loop {
+            if let Some(deadline) = self.deadline() {
+                return tokio::time::sleep_until(deadline).await;
+            }
+            self.began.notified().await;
+        }
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.started.get().map(|(_, d)| *d)
+    }
+
+    fn ending(&self) -> Option<Ending> {
+        self.started.get().map(|(e, _)| e.clone())
+    }
+}
+
+/// How the reader stopped.
+enum ReadEnd {
+    /// The peer's Close arrived or the stream ended: nothing more to read.
+    Done,
+    /// A frame could not be parsed, so the stream is no longer in step with the peer's
+    /// framing (part of a frame may still be unread): the rest is discarded as raw bytes.
+    OutOfStep,
 }
 
 /// Serve one upgraded connection until it closes.
@@ -52,31 +116,57 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     info!(%peer, user = %identity.user, room = %room.name, "connection opened");
     shared.metrics.connections_open.inc();
 
-    let (sink, stream) = ws.split();
+    let (mut sink, mut stream) = ws.split();
     let mut shutdown = shared.shutdown.clone();
-    let ending = {
+    let closing = Closing {
+        grace: Duration::from_millis(shared.config.server.close_grace_ms),
+        started: OnceLock::new(),
+        began: Notify::new(),
+    };
+    let (failed, out_of_step) = {
         let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
-        let writer = write_loop(sink, rx, &outbox, &mut shutdown, ping_every);
-        let reader = read_loop(stream, &shared, &outbox, &identity, &membership);
+        let writer = write_loop(&mut sink, rx, &outbox, &closing, &mut shutdown, ping_every);
+        let reader = read_loop(
+            &mut stream,
+            &shared,
+            &outbox,
+            &closing,
+            &identity,
+            &membership,
+        );
         tokio::pin!(writer);
         tokio::pin!(reader);
-
+        let within = |d: Option<tokio::time::Instant>| d.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
-            // The writer ends on its own when it closed the socket (slow consumer, shutdown, or
-            // a Close the reader asked for) or the socket failed.
-            e = &mut writer => e,
-            e = &mut reader => match e {
-                // The reader asked for a Close: let the writer send it after what is queued.
-                Some(ending) => {
-                    outbox.close(ending.code, ending.reason);
-                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
-                    ending
+            // A peer that neither reads our Close nor answers it is cut here.
+            _ = closing.expired() => (false, false),
+            // The writer ends once it has sent a Close (or cannot write): let the reader
+            // discard input until the peer's Close or the deadline.
+            sent = &mut writer => {
+                if sent {
+                    let _ = tokio::time::timeout_at(within(closing.deadline()), &mut reader).await;
                 }
-                None => Ending { code: CloseCode::Normal, reason: "client closed" },
-            },
+                (!sent, false)
+            }
+            read = &mut reader => {
+                // The peer closed, or the reader asked for a Close: the writer sends what is
+                // queued, then the Close, within the deadline. After the peer's Close it only
+                // flushes tungstenite's reply.
+                let deadline = closing.begin(Ending { code: CloseCode::Normal, reason: "client closed" });
+                outbox.close(CloseCode::Normal, "client closed");
+                let sent = tokio::time::timeout_at(deadline, &mut writer).await;
+                (sent == Ok(false), matches!(read, ReadEnd::OutOfStep))
+            }
         }
     };
+    let ending = closing.ending().unwrap_or(Ending {
+        code: CloseCode::Abnormal,
+        reason: "connection lost",
+    });
     drop(membership);
+    if let Ok(ws) = sink.reunite(stream) {
+        finish(ws, closing.deadline(), failed, out_of_step).await;
+    }
     shared.metrics.connections_open.dec();
     if ending.code == close::TRY_AGAIN_LATER {
         shared.metrics.slow_consumers_closed.inc();
@@ -92,14 +182,87 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     );
 }
 
-/// Read frames until the client leaves or must be closed; `Some` names the Close to send.
+/// The end of the closing handshake on the socket itself: after a frame we could not parse,
+/// discard raw input until the peer stops or the deadline; then send TLS close_notify and shut
+/// the socket, briefly, so a peer that does not read cannot hold it.
+async fn finish(
+    mut ws: Ws,
+    deadline: Option<tokio::time::Instant>,
+    failed: bool,
+    out_of_step: bool,
+) {
+    if failed {
+        return;
+    }
+    let io = ws.get_mut();
+    if let (true, Some(deadline)) = (out_of_step, deadline) {
+        let mut scratch = [0u8; 4096];
+        let drain = async { while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout_at(deadline, drain).await;
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
+}
+
+/// Read frames until the peer's Close, or until this side decides to close; then, when the
+/// stream is still in step, keep reading and discarding until the peer's Close arrives (the
+/// caller bounds that by the closing deadline).
 async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<Ws>,
+    stream: &mut Stream,
     shared: &Shared,
     outbox: &Outbox,
+    closing: &Closing,
     identity: &Identity,
     membership: &crate::room::Membership,
-) -> Option<Ending> {
+) -> ReadEnd {
+    let close_with = |code: CloseCode, reason: &'static str| {
+        closing.begin(Ending { code, reason });
+        outbox.close(code, reason);
+    };
+    match serve_frames(stream, shared, outbox, closing, identity, membership).await {
+        Served::PeerClosed => return ReadEnd::Done,
+        Served::Close(ending) => close_with(ending.code, ending.reason),
+        Served::BadFrame(ending) => {
+            close_with(ending.code, ending.reason);
+            return ReadEnd::OutOfStep;
+        }
+        Served::WriterClosing => {}
+    }
+    // Closing: discard until the peer's Close. Input is still capped per frame by the
+    // WebSocket layer, and the caller's deadline bounds the time.
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Close(_))) | None => return ReadEnd::Done,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                return match error_ending(&e) {
+                    Some(_) => ReadEnd::OutOfStep,
+                    None => ReadEnd::Done,
+                }
+            }
+        }
+    }
+}
+
+/// How serving frames stopped.
+enum Served {
+    PeerClosed,
+    /// This side must close, the stream still in step with the peer.
+    Close(Ending),
+    /// A frame broke the protocol or a limit; the stream is out of step.
+    BadFrame(Ending),
+    /// The writer began closing (slow consumer, shutdown).
+    WriterClosing,
+}
+
+/// The chat: each frame through the pipeline, until one of the reasons in [`Served`].
+async fn serve_frames(
+    stream: &mut Stream,
+    shared: &Shared,
+    outbox: &Outbox,
+    closing: &Closing,
+    identity: &Identity,
+    membership: &crate::room::Membership,
+) -> Served {
     let user = identity.user.as_str();
     let echo = shared.config.server.echo_mode;
     let mut limiter = shared.limits.connection();
@@ -118,18 +281,23 @@ async fn read_loop(
         }
     };
     tokio::pin!(token_expired);
+    let close = |code, reason| Served::Close(Ending { code, reason });
     loop {
+        if closing.deadline().is_some() {
+            return Served::WriterClosing;
+        }
         // Any frame, a pong included, proves the peer alive; silence past `idle` does not.
         let msg = tokio::select! {
             next = tokio::time::timeout(idle, stream.next()) => match next {
                 Ok(Some(msg)) => msg,
-                Ok(None) => return None,
-                Err(_) => return Some(Ending { code: close::GOING_AWAY, reason: "idle timeout" }),
+                Ok(None) => return Served::PeerClosed,
+                Err(_) => return close(close::GOING_AWAY, "idle timeout"),
             },
-            _ = &mut token_expired => {
-                return Some(Ending { code: close::POLICY, reason: "token expired" });
-            }
+            _ = &mut token_expired => return close(close::POLICY, "token expired"),
         };
+        if closing.deadline().is_some() {
+            return Served::WriterClosing;
+        }
         let text = match msg {
             Ok(Message::Text(t)) if !echo => t,
             // Echo mode (conformance tests only): send every data message straight back.
@@ -138,24 +306,25 @@ async fn read_loop(
                 continue;
             }
             Ok(Message::Binary(_)) => {
-                return Some(Ending {
-                    code: close::UNSUPPORTED,
-                    reason: "binary frames are not supported",
-                })
+                return close(close::UNSUPPORTED, "binary frames are not supported")
             }
             // tungstenite answers each ping with a pong; that costs us a write, so pings draw on
             // the same quota as messages and a ping flood ends like a message flood.
             Ok(Message::Ping(_)) => {
                 if let Err(ending) = charge(&mut limiter, shared, user) {
-                    return Some(ending);
+                    return Served::Close(ending);
                 }
                 continue;
             }
-            // Keep reading after a Close so tungstenite's reply goes out and the stream ends.
-            Ok(Message::Text(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
-                continue
+            // The peer's Close: tungstenite has queued its reply; the writer flushes it.
+            Ok(Message::Close(_)) => return Served::PeerClosed,
+            Ok(Message::Text(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+            Err(e) => {
+                return match error_ending(&e) {
+                    Some(ending) => Served::BadFrame(ending),
+                    None => Served::PeerClosed,
+                }
             }
-            Err(e) => return error_ending(&e),
         };
 
         // Parse before the rate check so a refusal can carry the client's id, but charge the
@@ -186,7 +355,7 @@ async fn read_loop(
                 );
                 continue;
             }
-            Err(ending) => return Some(ending),
+            Err(ending) => return Served::Close(ending),
         }
         let Ok(ClientFrame::Message { text: body, id: _ }) = &parsed else {
             reply_error(
@@ -283,15 +452,17 @@ fn error_ending(e: &tungstenite::Error) -> Option<Ending> {
     Some(Ending { code, reason })
 }
 
-/// Write what is queued, in batches with one flush each, until told to close or the socket
-/// fails. Returns how the connection ended.
+/// Write what is queued, in batches with one flush each, until closing begins or the socket
+/// fails; then send the Close frame. Returns false when the socket failed before closing began
+/// (nothing more can be sent), true once the Close was sent or attempted.
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    sink: &mut Sink,
     mut rx: mpsc::Receiver<Outgoing>,
     outbox: &Outbox,
+    closing: &Closing,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ping_every: Duration,
-) -> Ending {
+) -> bool {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What ends the writer from outside: its queue overflowed, or the server is stopping.
@@ -314,19 +485,19 @@ async fn write_loop(
         }
     };
     tokio::pin!(interrupt);
-    let closing = loop {
+    loop {
         let first = tokio::select! {
             biased;
-            ending = &mut interrupt => break ending,
+            ending = &mut interrupt => { closing.begin(ending); break; }
             item = rx.recv() => match item {
                 Some(item) => item,
-                None => return Ending { code: CloseCode::Normal, reason: "done" },
+                None => return false,
             },
             _ = ping.tick() => Outgoing::Frame(Message::Ping(Default::default())),
         };
         // Write this item and everything else already queued, then flush once. A socket that
         // will not drain must not hold us here past an overflow or a shutdown.
-        let mut close_req = None;
+        let mut close_requested = false;
         let batch = async {
             let mut item = Some(first);
             while let Some(it) = item.take() {
@@ -337,7 +508,8 @@ async fn write_loop(
                         outbox.written(len);
                     }
                     Outgoing::Close(code, reason) => {
-                        close_req = Some(Ending { code, reason });
+                        closing.begin(Ending { code, reason });
+                        close_requested = true;
                         break;
                     }
                 }
@@ -346,29 +518,26 @@ async fn write_loop(
             sink.flush().await
         };
         let outcome = tokio::select! {
-            r = batch => Ok(r),
-            ending = &mut interrupt => Err(ending),
+            r = batch => r.is_ok(),
+            ending = &mut interrupt => { closing.begin(ending); break; }
         };
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Ending {
-                    code: CloseCode::Abnormal,
-                    reason: "write failed",
-                }
-            }
-            Err(ending) => break ending,
+        // A write that fails once closing began (the peer's Close came first, so tungstenite
+        // refuses data frames) still lets the Close go out: it flushes tungstenite's reply.
+        if !outcome && closing.deadline().is_none() {
+            return false;
         }
-        if let Some(c) = close_req {
-            break c;
+        if close_requested || closing.deadline().is_some() {
+            break;
         }
-    };
-    let frame = CloseFrame {
-        code: closing.code,
-        reason: closing.reason.into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
-    closing
+    }
+    if let Some(ending) = closing.ending() {
+        let frame = CloseFrame {
+            code: ending.code,
+            reason: ending.reason.into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+    true
 }
 
 fn now_ms() -> u64 {

@@ -25,16 +25,12 @@ async fn two_browser_pages_chat_xss_stays_text_foreign_origin_refused_and_reconn
     }
 
     let port = free_port();
-    let config = config_toml(&Opts::default())
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            &format!("allowed = [\"{ORIGIN}\""),
-            &format!("allowed = [\"https://localhost:{port}\", \"{ORIGIN}\""),
-        );
-    let mut s = Server::start_config(&config);
+    let mut s = Server::start_with(|c| {
+        c.server.listen = format!("127.0.0.1:{port}");
+        c.origins
+            .allowed
+            .insert(0, format!("https://localhost:{port}"));
+    });
     let shots = format!("{}/browser", env!("CARGO_TARGET_TMPDIR"));
     let mut node = Command::new("node")
         .arg(format!("{root}/tests/browser/chat.mjs"))

@@ -101,9 +101,8 @@ async fn xss_payloads_arrive_inert() {
 
 #[tokio::test]
 async fn basic_mode_keeps_formatting_and_neuters_links() {
-    let s = Server::start_with(&Opts {
-        sanitize_mode: "basic",
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.sanitize.mode = SanitizeMode::Basic;
     });
     let mut a = s.join("alice", "lobby").await;
     let mut b = s.join("bob", "lobby").await;
@@ -161,66 +160,7 @@ async fn bad_messages_get_their_error_codes_and_reach_nobody() {
 
 use futures_util::SinkExt;
 
-/// Everything the HTML5 tokenizer finds in `html` that could run script: tags that execute or
-/// embed, event-handler attributes, and script-bearing URLs. Plain tags are listed as `<tag>`.
-fn dangerous(html: &str) -> Vec<String> {
-    use html5ever::tendril::StrTendril;
-    use html5ever::tokenizer::{
-        BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
-    };
-    use std::cell::RefCell;
-
-    struct Sink(RefCell<Vec<String>>);
-    impl TokenSink for Sink {
-        type Handle = ();
-        fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
-            if let Token::TagToken(tag) = token {
-                if tag.kind == TagKind::StartTag {
-                    let name = tag.name.to_string().to_ascii_lowercase();
-                    self.0.borrow_mut().push(format!("<{name}>"));
-                    for a in tag.attrs {
-                        let attr = a.name.local.to_string().to_ascii_lowercase();
-                        let value: String = a
-                            .value
-                            .chars()
-                            .filter(|c| !c.is_whitespace() && !c.is_control())
-                            .collect::<String>()
-                            .to_ascii_lowercase();
-                        let url_attr = matches!(
-                            &*attr,
-                            "href"
-                                | "src"
-                                | "action"
-                                | "formaction"
-                                | "xlink:href"
-                                | "data"
-                                | "srcdoc"
-                                | "background"
-                                | "poster"
-                        );
-                        if attr.starts_with("on")
-                            || attr == "style"
-                            || (url_attr
-                                && ["javascript:", "data:", "vbscript:"]
-                                    .iter()
-                                    .any(|p| value.starts_with(p)))
-                        {
-                            self.0.borrow_mut().push(format!("{name} {attr}={value}"));
-                        }
-                    }
-                }
-            }
-            TokenSinkResult::Continue
-        }
-    }
-    let tok = Tokenizer::new(Sink(RefCell::new(Vec::new())), TokenizerOpts::default());
-    let q = BufferQueue::default();
-    q.push_back(StrTendril::from(html));
-    let _ = tok.feed(&q);
-    tok.end();
-    let found = tok.sink.0.borrow().clone();
-    found
-}
+use crate::checks::dangerous;
 
 const XSS: [&str; 34] = [
     "<script>alert(1)</script>",
@@ -259,10 +199,9 @@ const XSS: [&str; 34] = [
     "<template><img src=x onerror=alert(1)></template>",
 ];
 
-async fn deliver_all(mode: &'static str) -> Vec<(String, Option<String>)> {
-    let s = Server::start_with(&Opts {
-        sanitize_mode: mode,
-        ..Opts::default()
+async fn deliver_all(mode: SanitizeMode) -> Vec<(String, Option<String>)> {
+    let s = Server::start_with(|c| {
+        c.sanitize.mode = mode;
     });
     let mut a = s.join("alice", "lobby").await;
     let mut b = s.join("bob", "lobby").await;
@@ -288,7 +227,7 @@ async fn deliver_all(mode: &'static str) -> Vec<(String, Option<String>)> {
 
 #[tokio::test]
 async fn thirty_xss_payloads_arrive_with_nothing_that_can_run_in_strip_mode() {
-    for (payload, delivered) in deliver_all("strip").await {
+    for (payload, delivered) in deliver_all(SanitizeMode::Strip).await {
         if let Some(text) = delivered {
             // Strip mode: a parser finds no tag at all, only text.
             assert_eq!(
@@ -303,7 +242,7 @@ async fn thirty_xss_payloads_arrive_with_nothing_that_can_run_in_strip_mode() {
 #[tokio::test]
 async fn thirty_xss_payloads_arrive_with_nothing_that_can_run_in_basic_mode() {
     let allowed = ["<b>", "<i>", "<em>", "<strong>", "<code>", "<pre>", "<a>"];
-    for (payload, delivered) in deliver_all("basic").await {
+    for (payload, delivered) in deliver_all(SanitizeMode::Basic).await {
         if let Some(text) = delivered {
             for found in dangerous(&text) {
                 assert!(

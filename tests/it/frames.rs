@@ -182,9 +182,8 @@ async fn json_depth_bomb_and_wide_object_get_an_error_not_a_crash() {
     assert_eq!(expect_close(&mut a).await, CloseCode::Size);
 
     // With room for it, serde_json's recursion limit refuses it as a bad request.
-    let s = Server::start_with(&Opts {
-        max_message_bytes: 64 * 1024,
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.limits.max_message_bytes = 64 * 1024;
     });
     let mut a = s.join("alice", "lobby").await;
     let mut b = s.join("bob", "lobby").await;

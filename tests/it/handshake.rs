@@ -180,9 +180,8 @@ async fn signed_token_and_every_token_carrier() {
 
 #[tokio::test]
 async fn query_token_only_when_allowed_and_never_logged() {
-    let s = Server::start_with(&Opts {
-        allow_query_token: true,
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.auth.allow_query_token = true;
     });
     let path = format!("/rooms/lobby?token={}", token("alice"));
     let mut ws = s.upgrade(&path, &[("Origin", ORIGIN)]).await.unwrap();
@@ -206,9 +205,8 @@ async fn query_token_only_when_allowed_and_never_logged() {
 
 #[tokio::test]
 async fn handshake_rate_per_address_gets_429_with_retry_after() {
-    let s = Server::start_with(&Opts {
-        handshakes_per_minute_per_ip: 3,
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.limits.handshakes_per_minute_per_ip = 3;
     });
     for _ in 0..3 {
         assert_eq!(
@@ -565,9 +563,7 @@ async fn modern_profile_refuses_tls_12_and_intermediate_accepts_it() {
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
 
-    let modern = Server::start_config(
-        &config_toml(&Opts::default()).replace("[tls]\n", "[tls]\nprofile = \"modern\"\n"),
-    );
+    let modern = Server::start_with(|c| c.tls.profile = TlsProfile::Modern);
     let tcp = tokio::net::TcpStream::connect(modern.addr).await.unwrap();
     assert!(tls12_client(&modern).connect(name(), tcp).await.is_err());
     let _ok = modern.join("alice", "lobby").await;

@@ -8,11 +8,10 @@ use crate::support::*;
 
 #[tokio::test]
 async fn flood_gets_rate_limited_then_1008_while_others_chat_normally() {
-    let s = Server::start_with(&Opts {
-        messages_per_second: 2,
-        burst: 3,
-        max_violations: 5,
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.limits.messages_per_second = 2;
+        c.limits.burst = 3;
+        c.limits.max_violations = 5;
     });
     let mut flooder = s.join("alice", "lobby").await;
     let mut b = s.join("bob", "lobby").await;
@@ -66,11 +65,10 @@ async fn flood_gets_rate_limited_then_1008_while_others_chat_normally() {
 
 #[tokio::test]
 async fn user_quota_is_shared_across_connections() {
-    let s = Server::start_with(&Opts {
-        messages_per_second: 1,
-        burst: 2,
-        max_violations: 100,
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.limits.messages_per_second = 1;
+        c.limits.burst = 2;
+        c.limits.max_violations = 100;
     });
     let mut a1 = s.join("alice", "lobby").await;
     let mut a2 = s.join("alice", "lobby").await;
@@ -84,11 +82,10 @@ async fn user_quota_is_shared_across_connections() {
 
 #[tokio::test]
 async fn ping_flood_counts_toward_the_limit_then_1008() {
-    let s = Server::start_with(&Opts {
-        messages_per_second: 2,
-        burst: 3,
-        max_violations: 5,
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.limits.messages_per_second = 2;
+        c.limits.burst = 3;
+        c.limits.max_violations = 5;
     });
     let mut a = s.join("alice", "lobby").await;
     let mut b = s.join("bob", "lobby").await;

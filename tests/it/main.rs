@@ -2,8 +2,12 @@
 
 mod browser;
 mod chat;
+/// The fuzz targets' properties (fuzz/src/lib.rs), compiled here for the corpus replay.
+#[path = "../../fuzz/src/lib.rs"]
+mod checks;
 mod config;
 mod frames;
+mod fuzz_corpus;
 mod handshake;
 mod limits;
 mod operator;

@@ -27,13 +27,12 @@ fn value(metrics: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_move_as_a_scripted_session_goes() {
-    let config = config_toml(&Opts {
-        messages_per_second: 1,
-        burst: 2,
-        max_violations: 50,
-        ..Opts::default()
-    }) + "[metrics]\nlisten = \"127.0.0.1:0\"\n";
-    let s = Server::start_config(&config);
+    let s = Server::start_with(|c| {
+        c.limits.messages_per_second = 1;
+        c.limits.burst = 2;
+        c.limits.max_violations = 50;
+        c.metrics.listen = Some("127.0.0.1:0".into());
+    });
     let line = s.wait_log("serving metrics at http://").await;
     let addr = line
         .split("http://")
@@ -120,12 +119,10 @@ async fn metrics_move_as_a_scripted_session_goes() {
 
 #[tokio::test]
 async fn json_logs_carry_reasons_and_never_a_token() {
-    let config = config_toml(&Opts {
-        allow_query_token: true,
-        ..Opts::default()
-    })
-    .replace("level = \"debug\"", "level = \"debug\"\nformat = \"json\"");
-    let s = Server::start_config(&config);
+    let s = Server::start_with(|c| {
+        c.auth.allow_query_token = true;
+        c.log.format = LogFormat::Json;
+    });
     let _ = s
         .upgrade("/rooms/lobby?token=secret-in-query", &[("Origin", ORIGIN)])
         .await;

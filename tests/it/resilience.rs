@@ -49,9 +49,9 @@ fn last_close_code(mut bytes: &[u8]) -> Option<u16> {
 
 #[tokio::test]
 async fn connection_caps_close_at_accept_before_tls() {
-    let s = Server::start_with(&Opts {
-        server: "max_connections = 3\nmax_connections_per_ip = 2",
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.server.max_connections = 3;
+        c.server.max_connections_per_ip = 2;
     });
     let _a = s.join("alice", "lobby").await;
     let _b = s.join("bob", "lobby").await;
@@ -71,12 +71,10 @@ async fn connection_caps_close_at_accept_before_tls() {
 
 #[tokio::test]
 async fn per_user_and_per_room_caps() {
-    let config = config_toml(&Opts {
-        server: "max_connections_per_user = 2",
-        ..Opts::default()
-    })
-    .replace("[rooms]\n", "[rooms]\nmax_members = 3\n");
-    let s = Server::start_config(&config);
+    let s = Server::start_with(|c| {
+        c.server.max_connections_per_user = 2;
+        c.rooms.max_members = 3;
+    });
     let a1 = s.join("alice", "lobby").await;
     let _a2 = s.join("alice", "lobby").await;
     let auth = format!("Bearer {}", token("alice"));
@@ -104,9 +102,8 @@ async fn per_user_and_per_room_caps() {
 
 #[tokio::test]
 async fn slowloris_is_dropped_at_the_handshake_deadline_and_others_get_in() {
-    let s = Server::start_with(&Opts {
-        server: "handshake_timeout_ms = 600",
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.server.handshake_timeout_ms = 600;
     });
     let limit = Duration::from_secs(3);
     let opened = Instant::now();
@@ -156,11 +153,10 @@ async fn slowloris_is_dropped_at_the_handshake_deadline_and_others_get_in() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_1013_and_the_room_keeps_its_pace() {
-    let s = Server::start_with(&Opts {
-        outbound_queue_bytes: 64 * 1024,
-        messages_per_second: 100_000,
-        burst: 100_000,
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.limits.outbound_queue_bytes = 64 * 1024;
+        c.limits.messages_per_second = 100_000;
+        c.limits.burst = 100_000;
     });
     // A reader with a tiny receive window that never reads.
     let mut slow = s
@@ -222,9 +218,11 @@ async fn slow_consumer_is_closed_1013_and_the_room_keeps_its_pace() {
 
 #[tokio::test]
 async fn dead_peer_is_closed_after_idle_timeout_while_a_live_one_stays() {
-    let s = Server::start_with(&Opts {
-        server: "ping_interval_ms = 200\nidle_timeout_ms = 700",
-        ..Opts::default()
+    let s = Server::start_with(|c| {
+        c.server.ping_interval_ms = 200;
+        c.server.idle_timeout_ms = 700;
+        // The dead peer never answers our Close; the live one must not miss pings meanwhile.
+        c.server.close_grace_ms = 300;
     });
     let mut live = s.join("alice", "lobby").await;
     let mut dead = s.join("bob", "lobby").await;
@@ -257,9 +255,8 @@ async fn dead_peer_is_closed_after_idle_timeout_while_a_live_one_stays() {
 
 #[tokio::test]
 async fn sigterm_sends_1001_to_every_client_and_exits_0() {
-    let mut s = Server::start_with(&Opts {
-        server: "shutdown_timeout_ms = 3000",
-        ..Opts::default()
+    let mut s = Server::start_with(|c| {
+        c.server.shutdown_timeout_ms = 3000;
     });
     let mut a = s.join("alice", "lobby").await;
     let mut b = s.join("bob", "other").await;

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
+pub use wss_chat::config::{Config, LogFormat, SanitizeMode, StaticUser, TlsProfile};
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
@@ -34,38 +35,6 @@ pub const USERS: [(&str, &str); 4] = [
 
 pub fn token(user: &str) -> &'static str {
     USERS.iter().find(|(u, _)| *u == user).unwrap().1
-}
-
-/// Knobs a test may turn; everything else is the strict default.
-#[derive(Clone)]
-pub struct Opts {
-    pub messages_per_second: u32,
-    pub burst: u32,
-    pub max_violations: u32,
-    pub handshakes_per_minute_per_ip: u32,
-    pub allow_query_token: bool,
-    pub max_message_bytes: usize,
-    pub sanitize_mode: &'static str,
-    /// Extra `key = value` lines for the `[server]` table.
-    pub server: &'static str,
-    pub outbound_queue_bytes: usize,
-}
-
-impl Default for Opts {
-    fn default() -> Self {
-        Opts {
-            // Generous so tests that are not about rates never trip them.
-            messages_per_second: 1000,
-            burst: 1000,
-            max_violations: 10,
-            handshakes_per_minute_per_ip: 10_000,
-            allow_query_token: false,
-            max_message_bytes: 4096,
-            sanitize_mode: "strip",
-            server: "",
-            outbound_queue_bytes: 1 << 20,
-        }
-    }
 }
 
 /// A CA and a leaf for localhost/127.0.0.1 signed by it, made fresh for each server.
@@ -118,68 +87,48 @@ impl Drop for Server {
     }
 }
 
-pub fn config_toml(o: &Opts) -> String {
-    let users: String = USERS
+/// The config every test starts from: the server's own [`Config`] struct with the strict
+/// defaults, plus the test users, rooms and origins, and rates generous enough that tests not
+/// about rates never trip them. A test changes fields of it, so a renamed key fails to compile
+/// instead of silently testing the default.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.tls.cert = "cert.pem".into();
+    c.tls.key = "key.pem".into();
+    c.origins.allowed = vec![ORIGIN.into(), "https://*.corp.example.com".into()];
+    c.auth.jwt_secret_file = Some("jwt-secret".into());
+    c.auth.users = USERS
         .iter()
-        .map(|(name, tok)| {
-            let rooms = if *name == "dave" {
-                "rooms = [\"other\"]\n"
-            } else {
-                ""
-            };
-            format!(
-                "[[auth.users]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\n{rooms}",
-                wss_chat::auth::sha256_hex(tok.as_bytes())
-            )
+        .map(|(name, tok)| StaticUser {
+            name: name.to_string(),
+            token_sha256: wss_chat::auth::sha256_hex(tok.as_bytes()),
+            rooms: (*name == "dave").then(|| vec!["other".to_string()]),
         })
         .collect();
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-{server}
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-[origins]
-allowed = ["{ORIGIN}", "https://*.corp.example.com"]
-[auth]
-jwt_secret_file = "jwt-secret"
-allow_query_token = {aqt}
-{users}
-[rooms]
-names = ["lobby", "other", "secret"]
-[limits]
-max_message_bytes = {mmb}
-messages_per_second = {mps}
-burst = {burst}
-max_violations = {mv}
-handshakes_per_minute_per_ip = {hs}
-outbound_queue_bytes = {oqb}
-[sanitize]
-mode = "{mode}"
-[log]
-level = "debug"
-"#,
-        aqt = o.allow_query_token,
-        mmb = o.max_message_bytes,
-        mps = o.messages_per_second,
-        burst = o.burst,
-        mv = o.max_violations,
-        hs = o.handshakes_per_minute_per_ip,
-        mode = o.sanitize_mode,
-        server = o.server,
-        oqb = o.outbound_queue_bytes,
-    )
+    c.rooms.names = vec!["lobby".into(), "other".into(), "secret".into()];
+    c.limits.messages_per_second = 1000;
+    c.limits.burst = 1000;
+    c.limits.handshakes_per_minute_per_ip = 10_000;
+    c.log.level = "debug".into();
+    c
+}
+
+/// `config` as the TOML file the server reads.
+pub fn config_toml(config: &Config) -> String {
+    toml::to_string(config).expect("a Config serialises")
 }
 
 impl Server {
     pub fn start() -> Server {
-        Server::start_with(&Opts::default())
+        Server::start_with(|_| {})
     }
 
-    pub fn start_with(o: &Opts) -> Server {
-        Server::start_config(&config_toml(o))
+    /// Start on [`test_config`] as changed by `change`.
+    pub fn start_with(change: impl FnOnce(&mut Config)) -> Server {
+        let mut c = test_config();
+        change(&mut c);
+        Server::start_config(&config_toml(&c))
     }
 
     /// Start the binary on `config` (written to config.toml beside a fresh cert and secret).
