@@ -9,26 +9,6 @@ use futures_util::SinkExt;
 
 use crate::support::*;
 
-/// A masked client frame with the given first byte (FIN, RSV, opcode) and payload.
-pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![b0];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n < 65536 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
 /// Write raw bytes under an open WebSocket and return the close code the server sends.
 pub async fn raw_close_code(ws: &mut Ws, bytes: &[u8]) -> CloseCode {
     ws.get_mut().write_all(bytes).await.unwrap();

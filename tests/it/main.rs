@@ -5,6 +5,7 @@ mod chat;
 /// The fuzz targets' properties (fuzz/src/lib.rs), compiled here for the corpus replay.
 #[path = "../../fuzz/src/lib.rs"]
 mod checks;
+mod closing;
 mod config;
 mod frames;
 mod fuzz_corpus;

@@ -25,28 +25,6 @@ async fn time_to_eof<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// The code of the last Close frame in a stream of unmasked server frames.
-fn last_close_code(mut bytes: &[u8]) -> Option<u16> {
-    let mut code = None;
-    while bytes.len() >= 2 {
-        let (op, len7) = (bytes[0] & 0x0f, (bytes[1] & 0x7f) as usize);
-        let (len, head) = match len7 {
-            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 => (
-                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            n => (n, 2),
-        };
-        let payload = bytes.get(head..head + len)?;
-        if op == 0x8 && len >= 2 {
-            code = Some(u16::from_be_bytes([payload[0], payload[1]]));
-        }
-        bytes = &bytes[head + len..];
-    }
-    code
-}
-
 #[tokio::test]
 async fn connection_caps_close_at_accept_before_tls() {
     let s = Server::start_with(|c| {

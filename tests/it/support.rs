@@ -433,3 +433,50 @@ pub async fn expect_silence(ws: &mut Ws, ms: u64) {
         panic!("expected nothing, got {m:?}");
     }
 }
+
+/// The code of the last Close frame in a stream of unmasked server frames read raw.
+pub fn last_close_code(mut bytes: &[u8]) -> Option<u16> {
+    let mut code = None;
+    while bytes.len() >= 2 {
+        let (op, len7) = (bytes[0] & 0x0f, (bytes[1] & 0x7f) as usize);
+        let (len, head) = match len7 {
+            126 => (
+                u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize,
+                4,
+            ),
+            127 => (
+                u64::from_be_bytes(bytes.get(2..10)?.try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n, 2),
+        };
+        let Some(payload) = bytes.get(head..head + len) else {
+            break;
+        };
+        if op == 0x8 && len >= 2 {
+            code = Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        bytes = &bytes[head + len..];
+    }
+    code
+}
+
+/// A masked client frame with the given first byte (FIN, RSV, opcode) and payload.
+pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![b0];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
