@@ -227,6 +227,9 @@ async fn read_loop(
         }
         Served::WriterClosing => {}
     }
+    // Let the writer send the Close before reading on: frames already buffered would otherwise
+    // be read (and pings answered) ahead of it.
+    tokio::task::yield_now().await;
     // Closing: discard until the peer's Close. Input is still capped per frame by the
     // WebSocket layer, and the caller's deadline bounds the time.
     loop {

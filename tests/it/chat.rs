@@ -34,9 +34,12 @@ async fn three_clients_each_get_the_others_messages_once_and_never_their_own() {
             .collect();
         want.sort();
         assert_eq!(got, want, "{me} received");
-        expect_silence(ws, 300).await;
     }
-    expect_silence(&mut elsewhere, 100).await;
+    let (marker, _m) = send_marker(&s, "lobby").await;
+    for ws in [&mut a, &mut b, &mut c] {
+        expect_marker_next(ws, &marker).await;
+    }
+    expect_nothing_more(&s, &mut elsewhere, "other").await;
 }
 
 #[tokio::test]
@@ -65,7 +68,7 @@ async fn seq_increases_ack_carries_it_and_from_is_the_token_user() {
         two["seq"].as_u64().unwrap(),
         one["seq"].as_u64().unwrap() + 1
     );
-    expect_silence(&mut a, 200).await;
+    expect_nothing_more(&s, &mut a, "lobby").await;
 }
 
 #[tokio::test]
@@ -96,7 +99,7 @@ async fn xss_payloads_arrive_inert() {
             }
         }
     }
-    expect_silence(&mut b, 200).await;
+    expect_nothing_more(&s, &mut b, "lobby").await;
 }
 
 #[tokio::test]
@@ -155,7 +158,7 @@ async fn bad_messages_get_their_error_codes_and_reach_nobody() {
         recv_json(&mut b).await["text"].as_str().unwrap().len(),
         4096
     );
-    expect_silence(&mut b, 200).await;
+    expect_nothing_more(&s, &mut b, "lobby").await;
 }
 
 use futures_util::SinkExt;
@@ -221,7 +224,7 @@ async fn deliver_all(mode: SanitizeMode) -> Vec<(String, Option<String>)> {
         };
         out.push((payload.to_string(), delivered));
     }
-    expect_silence(&mut b, 200).await;
+    expect_nothing_more(&s, &mut b, "lobby").await;
     out
 }
 
@@ -298,5 +301,5 @@ async fn a_client_cannot_reach_another_room() {
         let m = recv_json(&mut in_lobby).await;
         assert_eq!(m["room"], "lobby");
     }
-    expect_silence(&mut in_secret, 300).await;
+    expect_nothing_more(&s, &mut in_secret, "secret").await;
 }

@@ -28,7 +28,7 @@ async fn oversize_frame_closes_1009_and_others_continue() {
         raw_close_code(&mut a, &frame(0x81, big.as_bytes())).await,
         CloseCode::Size
     );
-    expect_silence(&mut b, 200).await;
+    expect_nothing_more(&s, &mut b, "lobby").await;
     say(&mut c, "still here").await;
     assert_eq!(recv_json(&mut b).await["text"], "still here");
 }

@@ -179,13 +179,15 @@ impl Server {
     /// Wait up to `within` for the process to exit.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let end = std::time::Instant::now() + within;
-        while std::time::Instant::now() < end {
+        loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return Some(st);
             }
+            if std::time::Instant::now() >= end {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
     }
 
     /// Wait up to 5 s for a log line containing `needle`.
@@ -427,11 +429,34 @@ pub async fn expect_close(ws: &mut Ws) -> CloseCode {
     }
 }
 
-/// Assert nothing arrives within `ms`.
-pub async fn expect_silence(ws: &mut Ws, ms: u64) {
-    if let Ok(m) = tokio::time::timeout(Duration::from_millis(ms), ws.next()).await {
-        panic!("expected nothing, got {m:?}");
-    }
+/// Say a unique marker into `room` from a new connection (kept open by the caller). Whatever
+/// the test already did was processed before it, so a frame that must not arrive would be
+/// delivered before the marker: silence is proven by order, not by a timeout.
+pub async fn send_marker(s: &Server, room: &str) -> (String, Ws) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let marker = format!(
+        "marker-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut ws = s.join("carol", room).await;
+    say(&mut ws, &marker).await;
+    (marker, ws)
+}
+
+/// The next text frame on `ws` is `marker`: nothing else arrived before it.
+pub async fn expect_marker_next(ws: &mut Ws, marker: &str) {
+    let m = recv_json(ws).await;
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str()),
+        (Some("message"), Some(marker)),
+        "expected only the marker, got {m}"
+    );
+}
+
+/// Nothing reached `ws` (a member of `room`) before a marker said now.
+pub async fn expect_nothing_more(s: &Server, ws: &mut Ws, room: &str) {
+    let (marker, _marker_ws) = send_marker(s, room).await;
+    expect_marker_next(ws, &marker).await;
 }
 
 /// The code of the last Close frame in a stream of unmasked server frames read raw.
