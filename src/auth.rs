@@ -69,27 +69,16 @@ pub fn find_token<'a>(
     query: Option<&'a str>,
     allow_query: bool,
 ) -> Option<&'a str> {
-    let bearer = headers
-        .get_all(AUTHORIZATION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            let (scheme, t) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| t.trim())
-        });
+    let bearer = crate::headers::values(headers, &AUTHORIZATION).find_map(|v| {
+        let (scheme, t) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| t.trim())
+    });
     let from_protocol = || {
-        headers
-            .get_all(SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL_PREFIX))
+        crate::headers::list_items(headers, &SEC_WEBSOCKET_PROTOCOL)
+            .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
     };
     let from_cookie = || {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+        crate::headers::values(headers, &COOKIE)
             .flat_map(|v| v.split(';'))
             .find_map(|c| {
                 let (k, v) = c.trim().split_once('=')?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::{
-    HeaderMap, HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Method, Request, StatusCode, Version};
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{self, Identity};
+use crate::headers;
 use crate::limits::CapSlot;
 use crate::origin;
 use crate::protocol::{ServerFrame, SUBPROTOCOL};
@@ -111,7 +112,7 @@ pub fn gate<B>(
         .map_err(Refusal::Rate)?;
 
     let h = req.headers();
-    if !header_has_token(h, &UPGRADE, "websocket") {
+    if !headers::lists(h, &UPGRADE, "websocket") {
         return Err(Refusal::NotUpgrade);
     }
     if req.method() != Method::GET {
@@ -120,13 +121,13 @@ pub fn gate<B>(
     if req.version() != Version::HTTP_11 {
         return Err(Refusal::Malformed("websocket upgrade needs HTTP/1.1"));
     }
-    if !header_has_token(h, &CONNECTION, "upgrade") {
+    if !headers::lists(h, &CONNECTION, "upgrade") {
         return Err(Refusal::Malformed("missing Connection: upgrade"));
     }
     if h.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
         return Err(Refusal::Version);
     }
-    let key = single(h, &SEC_WEBSOCKET_KEY)
+    let key = headers::single(h, &SEC_WEBSOCKET_KEY)
         .filter(|k| k.len() == 24)
         .ok_or(Refusal::Malformed("missing or bad Sec-WebSocket-Key"))?;
 
@@ -171,12 +172,7 @@ pub fn gate<B>(
             JoinError::Full => Refusal::RoomFull,
         })?;
 
-    let subprotocol = h
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
+    let subprotocol = headers::list_items(h, &SEC_WEBSOCKET_PROTOCOL).any(|p| p == SUBPROTOCOL);
 
     Ok(Admitted {
         identity,
@@ -187,21 +183,4 @@ pub fn gate<B>(
         accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
         subprotocol,
     })
-}
-
-fn single<'a>(h: &'a HeaderMap, name: &hyper::header::HeaderName) -> Option<&'a [u8]> {
-    let mut all = h.get_all(name).iter();
-    match (all.next(), all.next()) {
-        (Some(v), None) => Some(v.as_bytes()),
-        _ => None,
-    }
-}
-
-/// Whether a comma-separated header contains `token`, case-insensitively.
-fn header_has_token(h: &HeaderMap, name: &hyper::header::HeaderName, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }

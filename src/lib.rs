@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 pub mod handshake;
+pub mod headers;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -137,8 +137,14 @@ pub async fn serve(metrics: Arc<Metrics>, listener: TcpListener) {
         info!("serving metrics at http://{addr}/metrics");
     }
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Usually EMFILE: back off rather than spin on an error that persists.
+                debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {

@@ -234,7 +234,8 @@ async fn run_step(
     rate: f64,
     pid: Option<u32>,
 ) -> StepResult {
-    let per_sender = rate / room.senders.len() as f64;
+    let senders = room.senders.len().max(1) as u64;
+    let per_sender = rate / senders as f64;
     let interval_us = (1e6 / per_sender) as u64;
     let warm = Duration::from_secs(a.warmup_secs);
     let total = warm + Duration::from_secs(a.duration_secs);
@@ -251,9 +252,9 @@ async fn run_step(
         let (sent, pad, epoch, cpu_at) = (sent.clone(), pad.clone(), room.epoch, cpu_at.clone());
         tasks.push(tokio::spawn(async move {
             let mut sink = sink;
-            // Senders start staggered across one interval so the room's load is smooth.
-            let mut next =
-                start_us + interval_us * k as u64 / per_sender.max(1.0) as u64 % interval_us.max(1);
+            // Senders start staggered across one interval (sender k of n at k/n of it) so the
+            // room's load is smooth rather than n messages at once.
+            let mut next = start_us + interval_us * k as u64 / senders;
             let mut n = 0u64;
             while next < end_us {
                 let now = epoch.elapsed().as_micros() as u64;
