@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, CI): installs what the browser test needs when it is missing
-# (Debian's Chromium, Node, and playwright-core from npm), then runs `cargo test`.
+# The test command (README, CI): installs what the tests need when it is missing (Debian's
+# Chromium, Node and playwright-core from npm for the browser test; Python's websockets for the
+# terminal client's test), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,9 @@ fi
 if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
   echo "== installing playwright-core"
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+if ! python3 -c 'import websockets' 2>/dev/null; then
+  echo "== installing Python websockets for the terminal client test"
+  python3 -m pip install --quiet websockets || python3 -m pip install --quiet --break-system-packages websockets
 fi
 exec cargo test "$@"

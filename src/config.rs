@@ -282,6 +282,54 @@ impl Default for LogConfig {
     }
 }
 
+/// One line for a log: toml's messages may span several.
+fn flatten(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Each key of `section` deserialised alone as `T`, so every bad key is named. An array of
+/// tables (such as `auth.users`) is checked entry by entry, as `auth.users[1]`.
+fn check_keys<T: serde::de::DeserializeOwned>(
+    section: &str,
+    value: &toml::Value,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(table) = value.as_table() else {
+        problems.push(Problem {
+            key: section.into(),
+            reason: "must be a table, as in [section]".into(),
+        });
+        return;
+    };
+    let alone = |key: &str, v: toml::Value| {
+        let mut one = toml::Table::new();
+        one.insert(key.to_string(), v);
+        toml::Value::Table(one).try_into::<T>().err()
+    };
+    for (key, v) in table {
+        let Some(err) = alone(key, v.clone()) else {
+            continue;
+        };
+        let entries = v.as_array().filter(|a| a.iter().all(toml::Value::is_table));
+        let mut named = false;
+        for (i, entry) in entries.into_iter().flatten().enumerate() {
+            if let Some(e) = alone(key, toml::Value::Array(vec![entry.clone()])) {
+                problems.push(Problem {
+                    key: format!("{section}.{key}[{i}]"),
+                    reason: flatten(e.message()),
+                });
+                named = true;
+            }
+        }
+        if !named {
+            problems.push(Problem {
+                key: format!("{section}.{key}"),
+                reason: flatten(err.message()),
+            });
+        }
+    }
+}
+
 impl AuthConfig {
     /// The HS256 secret, read from the one place the config names: the whole file (surrounding
     /// whitespace trimmed) or the environment variable. The only reader of the secret, so the
@@ -360,6 +408,13 @@ pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The demo users and their published tokens (config.toml, README). A config that lets one of
+/// them in is a demo: the server says so loudly, and prints how to connect.
+pub const DEMO_TOKENS: [(&str, &str); 2] = [
+    ("alice", "alice-demo-token-not-for-production"),
+    ("bob", "bob-demo-token-not-for-production"),
+];
+
 /// Hard ceilings: past these a setting stops being a loosened default and becomes a hazard.
 const MAX_MESSAGE_BYTES_CEILING: usize = 1 << 20;
 const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -379,7 +434,7 @@ impl Config {
                 reason: format!("cannot read file: {e}"),
             }])
         })?;
-        let mut config = Config::parse(&text).map_err(|p| fail(vec![p]))?;
+        let mut config = Config::parse(&text).map_err(fail)?;
         config.base_dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -388,20 +443,60 @@ impl Config {
         Ok(config)
     }
 
-    /// Parse TOML text into a config without validating it.
-    pub fn parse(text: &str) -> Result<Config, Problem> {
-        toml::from_str::<Config>(text).map_err(|e| {
-            // toml's message names the key and line; flatten it onto one line for logs.
-            let reason = e.message().to_string();
-            let key = e
-                .span()
+    /// Parse TOML text into a config without validating it. On failure every problem is
+    /// reported, each named by its key: a syntax error by its line, a value of the wrong type
+    /// or an unknown key by its dotted name.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let first = match toml::from_str::<Config>(text) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        let at_line = |e: &toml::de::Error| {
+            e.span()
                 .map(|s| {
-                    let line = text[..s.start].matches('\n').count() + 1;
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
                     format!("line {line}")
                 })
-                .unwrap_or_default();
-            Problem { key, reason }
-        })
+                .unwrap_or_default()
+        };
+        // serde stops at the first error. The file parses as TOML (or that is the one problem),
+        // so deserialise each key of each section on its own to find all of them: every
+        // section struct has defaults, so a table of one key is a complete section.
+        let Ok(table) = text.parse::<toml::Table>() else {
+            return Err(vec![Problem {
+                key: at_line(&first),
+                reason: flatten(first.message()),
+            }]);
+        };
+        let mut problems = Vec::new();
+        for (section, value) in &table {
+            let check = match section.as_str() {
+                "server" => check_keys::<ServerConfig>,
+                "tls" => check_keys::<TlsConfig>,
+                "origins" => check_keys::<OriginsConfig>,
+                "auth" => check_keys::<AuthConfig>,
+                "rooms" => check_keys::<RoomsConfig>,
+                "limits" => check_keys::<LimitsConfig>,
+                "sanitize" => check_keys::<SanitizeConfig>,
+                "log" => check_keys::<LogConfig>,
+                "metrics" => check_keys::<MetricsConfig>,
+                _ => {
+                    problems.push(Problem {
+                        key: section.clone(),
+                        reason: "unknown section".into(),
+                    });
+                    continue;
+                }
+            };
+            check(section, value, &mut problems);
+        }
+        if problems.is_empty() {
+            problems.push(Problem {
+                key: at_line(&first),
+                reason: flatten(first.message()),
+            });
+        }
+        Err(problems)
     }
 
     /// Every semantic problem, each with its key.
@@ -615,10 +710,38 @@ impl Config {
         }
     }
 
+    /// The configured users whose token is one of the published [`DEMO_TOKENS`]: (user, token).
+    pub fn demo_users(&self) -> Vec<(&str, &'static str)> {
+        let hex = |t: &str| -> String {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes())
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let published: Vec<(String, &'static str)> =
+            DEMO_TOKENS.iter().map(|(_, t)| (hex(t), *t)).collect();
+        self.auth
+            .users
+            .iter()
+            .filter_map(|u| {
+                published
+                    .iter()
+                    .find(|(h, _)| h.eq_ignore_ascii_case(&u.token_sha256))
+                    .map(|(_, t)| (u.name.as_str(), *t))
+            })
+            .collect()
+    }
+
     /// Each default this file loosens, worded for a warning at start.
     pub fn loosened(&self) -> Vec<String> {
         let d = Config::default();
         let mut w = Vec::new();
+        for (user, _) in self.demo_users() {
+            w.push(format!(
+                "auth.users: {user} has a published demo token: anyone who read the README can log in as {user}"
+            ));
+        }
         if self.origins.allow_missing {
             w.push("origins.allow_missing = true: clients that send no Origin are let in".into());
         }
@@ -739,8 +862,39 @@ mod tests {
     #[test]
     fn unknown_key_is_rejected_with_its_name() {
         let e = Config::parse(&format!("{MINIMAL}\n[limits]\nmax_mesage_bytes = 5\n")).unwrap_err();
-        assert!(e.reason.contains("max_mesage_bytes"), "{e}");
-        assert!(e.key.starts_with("line "), "{e}");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "limits.max_mesage_bytes", "{e:?}");
+        assert!(e[0].reason.contains("unknown field"), "{e:?}");
+    }
+
+    #[test]
+    fn every_type_error_is_reported_with_its_key() {
+        let text = format!(
+            "{MINIMAL}\n[server]\nlisten = 8443\nmax_connections = \"many\"\n[limits]\nburst = -1\n\
+             [[auth.users]]\nname = \"bob\"\n[nope]\nx = 1\n"
+        );
+        let e = Config::parse(&text).unwrap_err();
+        let keys: Vec<_> = e.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.users[1]",
+                "limits.burst",
+                "nope",
+                "server.listen",
+                "server.max_connections"
+            ],
+            "{e:?}"
+        );
+        assert!(e[0].reason.contains("token_sha256"), "{e:?}");
+        assert!(e[3].reason.contains("invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_problem_with_its_line() {
+        let e = Config::parse("[server]\nlisten = \n").unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, "line 2", "{e:?}");
     }
 
     #[test]

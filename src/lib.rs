@@ -66,6 +66,21 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
 }
 
+/// The checks of a config that need its files: the certificate pair loads and matches (unless
+/// it is missing and will be generated), and the signing secret reads. `check-config` runs
+/// them so it passes exactly the configs `serve` starts with; `serve` runs them first so a
+/// bad file exits 2, as every other config problem does.
+pub fn preflight(config: &Config) -> Result<(), String> {
+    let cert = config.resolve(&config.tls.cert);
+    let key = config.resolve(&config.tls.key);
+    let generated = config.tls.generate_self_signed && !cert.exists() && !key.exists();
+    if !generated {
+        tls::CertStore::load(&cert, &key, config.tls.profile)?;
+    }
+    auth::Authenticator::from_config(&config.auth, &config.base_dir)?;
+    Ok(())
+}
+
 /// Load or create the certificate, bind, and serve until `shutdown` resolves.
 /// `on_bound` is told the bound address (the config may ask for port 0).
 pub async fn run(
@@ -79,7 +94,12 @@ pub async fn run(
     let cert = config.resolve(&config.tls.cert);
     let key = config.resolve(&config.tls.key);
     if config.tls.generate_self_signed && !cert.exists() && !key.exists() {
-        tls::write_self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
+        tls::write_self_signed(
+            &cert,
+            &key,
+            &["localhost".into(), "127.0.0.1".into()],
+            false,
+        )?;
         warn!("=================================================================");
         warn!("GENERATED A SELF-SIGNED DEVELOPMENT CERTIFICATE: NOT FOR PRODUCTION");
         warn!("  {} (and its key beside it)", cert.display());
@@ -136,6 +156,7 @@ pub async fn run(
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(metrics::serve(shared.metrics.clone(), l)));
     info!("listening on {addr}");
+    demo_banner(&shared.config, addr);
     tokio::spawn(reload_on_sighup(certs));
     on_bound(addr);
     server::serve(
@@ -150,6 +171,30 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// With the demo config, say once what to do next. The demo tokens are published in the README
+/// and config.toml, so printing them gives nothing away; no other token is ever logged.
+fn demo_banner(config: &Config, addr: SocketAddr) {
+    let users = config.demo_users();
+    if users.is_empty() {
+        return;
+    }
+    let host = if addr.ip().is_loopback() {
+        "localhost".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!("https://{host}:{}", addr.port());
+    info!("DEMO: open {url}/ in two browser tabs (accept the development certificate) and connect with:");
+    for (user, token) in &users {
+        info!("DEMO:   {user}: token {token}");
+    }
+    let (_, token) = users[0];
+    info!(
+        "DEMO: or from a terminal: python3 scripts/chat.py --url wss://{host}:{} --token {token}",
+        addr.port()
+    );
 }
 
 /// Reload the certificate on every SIGHUP; a bad pair is refused and the old one kept.

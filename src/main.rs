@@ -44,6 +44,9 @@ enum Command {
         cert: PathBuf,
         #[arg(long, default_value = "certs/dev-key.pem")]
         key: PathBuf,
+        /// Replace the files when they exist (refused otherwise).
+        #[arg(long)]
+        force: bool,
     },
     /// Read a token on stdin and print the config line holding its SHA-256.
     ///
@@ -87,7 +90,7 @@ fn main() -> ExitCode {
         config: "config.toml".into(),
     }) {
         Command::Serve { config } => serve(&config),
-        Command::CheckConfig { config } => match Config::load(&config) {
+        Command::CheckConfig { config } => match load(&config) {
             Ok(c) => {
                 for w in c.loosened() {
                     println!("warning: loosened default: {w}");
@@ -95,37 +98,27 @@ fn main() -> ExitCode {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
+            Err(code) => code,
+        },
+        Command::GenCert {
+            hosts,
+            cert,
+            key,
+            force,
+        } => match wss_chat::tls::write_self_signed(&cert, &key, &hosts, force) {
+            Ok(created) => {
+                for what in created {
+                    eprintln!("created {what}");
+                }
+                eprintln!("self-signed: for development only; clients must be told to trust it");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(2)
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
         },
-        Command::GenCert { hosts, cert, key } => {
-            match wss_chat::tls::write_self_signed(&cert, &key, &hosts) {
-                Ok(()) => {
-                    eprintln!(
-                        "wrote {} and {} (self-signed, for development only)",
-                        cert.display(),
-                        key.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::HashToken => {
-            let mut token = String::new();
-            if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
-                eprintln!("error: give the token on standard input");
-                return ExitCode::FAILURE;
-            }
-            let hash = wss_chat::auth::sha256_hex(token.trim_end_matches(['\r', '\n']).as_bytes());
-            println!("token_sha256 = \"{hash}\"");
-            ExitCode::SUCCESS
-        }
+        Command::HashToken => hash_token(),
         Command::Token {
             config,
             user,
@@ -135,13 +128,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Load, validate and preflight a config; every failure is printed and exits 2.
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    let config = Config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(2)
+    })?;
+    wss_chat::preflight(&config).map_err(|e| {
+        eprintln!("invalid config {}:\n  {e}", path.display());
+        ExitCode::from(2)
+    })?;
+    Ok(config)
+}
+
 fn serve(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -191,6 +194,21 @@ async fn shutdown_signal() {
 }
 
 fn mint(path: &Path, user: String, rooms: Option<Vec<String>>, ttl: u64) -> ExitCode {
+    // The same rules the server applies, so a minted token is never one it would refuse.
+    if !wss_chat::protocol::valid_user_name(&user) {
+        eprintln!(
+            "error: --user {user:?}: a user name is 1 to 64 bytes without control characters"
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(bad) = rooms
+        .iter()
+        .flatten()
+        .find(|r| !wss_chat::protocol::valid_room_name(r))
+    {
+        eprintln!("error: --rooms: {bad:?} is not a room name (1 to 64 of A-Z a-z 0-9 _ . -)");
+        return ExitCode::from(2);
+    }
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -218,5 +236,37 @@ fn mint(path: &Path, user: String, rooms: Option<Vec<String>>, ttl: u64) -> Exit
         rooms,
     };
     println!("{}", wss_chat::auth::mint(&secret, &claims));
+    ExitCode::SUCCESS
+}
+
+/// Read one token on stdin and print its config line. A token must be usable in every carrier
+/// the server reads, the subprotocol list included, so only RFC 7230 token characters pass.
+fn hash_token() -> ExitCode {
+    use std::io::BufRead;
+    let mut raw = Vec::new();
+    if let Err(e) = std::io::stdin().lock().read_until(b'\n', &mut raw) {
+        eprintln!("error: cannot read standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let Ok(line) = String::from_utf8(raw) else {
+        eprintln!("error: the token on standard input is not UTF-8 text (tokens are ASCII)");
+        return ExitCode::from(2);
+    };
+    let token = line.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        eprintln!("error: give the token on standard input, e.g. printf '%s' \"$TOKEN\" | wss-chat hash-token");
+        return ExitCode::from(2);
+    }
+    if !wss_chat::protocol::valid_token(token) {
+        eprintln!(
+            "error: a token may hold only letters, digits and !#$%&'*+-.^_`|~ (no spaces or \
+             other characters), so that it fits in a WebSocket subprotocol; choose another"
+        );
+        return ExitCode::from(2);
+    }
+    println!(
+        "token_sha256 = \"{}\"",
+        wss_chat::auth::sha256_hex(token.as_bytes())
+    );
     ExitCode::SUCCESS
 }

@@ -48,9 +48,12 @@ pub enum ServerFrame<'a> {
         seq: u64,
         ts: u64,
     },
+    /// The message with this id was delivered; `text` is what the others received (the
+    /// sanitised text), so the sender shows the same and never its raw input.
     Ack {
         id: &'a str,
         seq: u64,
+        text: &'a str,
     },
     Error {
         code: ErrorCode,
@@ -112,6 +115,19 @@ pub mod close {
     pub const TOO_BIG: CloseCode = CloseCode::Size;
     /// Outbound queue overflowed (slow consumer).
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode::Again;
+}
+
+/// Longest token a client may present, in bytes (a signed token with many rooms is long).
+pub const MAX_TOKEN: usize = 4096;
+
+/// Whether `token` is 1 to [`MAX_TOKEN`] RFC 7230 token characters, the only ones a
+/// `Sec-WebSocket-Protocol` entry (`bearer.<token>`) can carry; static tokens must be so.
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Longest user name, in bytes.

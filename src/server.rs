@@ -15,6 +15,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +28,10 @@ use crate::Shared;
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Most headers in one request; a browser's upgrade sends about 15.
 const MAX_HEADERS: usize = 64;
+/// The answer to plain HTTP sent to the TLS port.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 46\r\nConnection: close\r\n\r\n\
+this port speaks TLS; use https:// or wss://\r\n";
 /// How often idle rate-limiter keys are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -106,6 +111,21 @@ async fn connection(
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(shared.config.server.handshake_timeout_ms);
     let mut shutdown = shared.shutdown.clone();
+    // A TLS connection opens with a handshake record (0x16); a letter is someone speaking plain
+    // HTTP to this port (a wrong URL scheme, a misrouted proxy). Tell them, rather than close
+    // in silence as a failed TLS handshake would.
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await;
+    if matches!(peeked, Ok(Ok(1))) && first[0].is_ascii_alphabetic() {
+        debug!(%peer, "plain HTTP on the TLS port");
+        shared.metrics.refused("request");
+        let mut tcp = tcp;
+        let _ = tokio::time::timeout_at(deadline, tcp.write_all(PLAIN_HTTP_ANSWER)).await;
+        // Read what is left of the request before closing, so the answer is not lost to a reset.
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut sink)).await;
+        return;
+    }
     let tls = tokio::select! {
         r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
             Ok(Ok(tls)) => tls,

@@ -412,6 +412,7 @@ async fn serve_frames(
             let ack = ServerFrame::Ack {
                 id,
                 seq: fanout.seq,
+                text: &clean,
             };
             outbox.push(Message::text(ack.to_json()));
         }

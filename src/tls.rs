@@ -132,15 +132,59 @@ pub fn self_signed(hosts: &[String]) -> Result<(String, String), String> {
     Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
 }
 
-/// Write a development pair; the key file is created readable by its owner only.
-pub fn write_self_signed(cert: &Path, key: &Path, hosts: &[String]) -> Result<(), String> {
+/// Whether `host` can go in a certificate's subject alternative names: an IP address, or a
+/// DNS name of letters, digits and hyphens in dot-separated labels of 1 to 63 (a leading
+/// `*.` allowed), 253 characters at most.
+pub fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && host.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Write a development pair; the key file is created readable by its owner only. Existing
+/// files are kept unless `force`; returns what was created, for the operator to read.
+pub fn write_self_signed(
+    cert: &Path,
+    key: &Path,
+    hosts: &[String],
+    force: bool,
+) -> Result<Vec<String>, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    if let Some(bad) = hosts.iter().find(|h| !valid_host(h)) {
+        return Err(format!(
+            "{bad:?} is not a host name or IP address (such as localhost, chat.example.com, 127.0.0.1)"
+        ));
+    }
+    if !force {
+        if let Some(p) = [cert, key].into_iter().find(|p| p.exists()) {
+            return Err(format!(
+                "{} exists; not overwriting it (use --force to replace it)",
+                p.display()
+            ));
+        }
+    }
     let (cert_pem, key_pem) = self_signed(hosts)?;
+    let mut created = Vec::new();
     for p in [cert, key] {
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            created.push(format!("directory {}", dir.display()));
         }
     }
     std::fs::OpenOptions::new()
@@ -152,7 +196,13 @@ pub fn write_self_signed(cert: &Path, key: &Path, hosts: &[String]) -> Result<()
         .and_then(|mut f| f.write_all(key_pem.as_bytes()))
         .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
     std::fs::write(cert, cert_pem).map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
-    Ok(())
+    created.push(format!(
+        "certificate {} for {}",
+        cert.display(),
+        hosts.join(", ")
+    ));
+    created.push(format!("private key {} (mode 600)", key.display()));
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -164,8 +214,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c1, k1) = (dir.path().join("c1.pem"), dir.path().join("k1.pem"));
         let (c2, k2) = (dir.path().join("c2.pem"), dir.path().join("k2.pem"));
-        write_self_signed(&c1, &k1, &["localhost".into()]).unwrap();
-        write_self_signed(&c2, &k2, &["localhost".into()]).unwrap();
+        write_self_signed(&c1, &k1, &["localhost".into()], false).unwrap();
+        write_self_signed(&c2, &k2, &["localhost".into()], false).unwrap();
         let store = CertStore::load(&c1, &k1, TlsProfile::Modern).unwrap();
         assert!(store.server_config().is_ok());
         let e = CertStore::load(&c1, &k2, TlsProfile::Intermediate).unwrap_err();
@@ -181,6 +231,22 @@ mod tests {
         std::fs::copy(&c2, &c1).unwrap();
         store.reload().unwrap();
         assert_ne!(store.current.read().unwrap().cert[0], before);
+
+        // Never overwritten without force; a bad host name is refused.
+        let e = write_self_signed(&c1, &k1, &["localhost".into()], false).unwrap_err();
+        assert!(e.contains("exists") && e.contains("--force"), "{e}");
+        for bad in ["", "a b", "-x.com", "x..com", "x/y", "\u{e9}.com"] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
+        for good in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "chat.example.com",
+            "*.example.com",
+        ] {
+            assert!(valid_host(good), "{good:?}");
+        }
 
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&k2).unwrap().permissions().mode();

@@ -105,7 +105,12 @@ pub fn client_frame(data: &[u8]) {
     assert_eq!(back["text"].as_str(), Some(clean.as_str()));
     assert_eq!(back["seq"].as_u64(), Some(u64::MAX));
     if let Some(id) = id {
-        let ack = ServerFrame::Ack { id: &id, seq: 1 }.to_json();
+        let ack = ServerFrame::Ack {
+            id: &id,
+            seq: 1,
+            text: &clean,
+        }
+        .to_json();
         let back: serde_json::Value = serde_json::from_str(&ack).expect("ack is JSON");
         assert_eq!(back["id"].as_str(), Some(id.as_str()));
     }
@@ -353,6 +358,9 @@ pub fn config(data: &[u8]) {
                 let _ = c.loosened();
             }
         }
-        Err(p) => assert!(!p.reason.is_empty()),
+        Err(problems) => {
+            assert!(!problems.is_empty());
+            assert!(problems.iter().all(|p| !p.reason.is_empty()));
+        }
     }
 }

@@ -52,17 +52,24 @@ async fn seq_increases_ack_carries_it_and_from_is_the_token_user() {
         json!({"type":"message","text":"one","id":"m1","from":"admin"}),
     )
     .await;
-    send_json(&mut a, json!({"type":"message","text":"two","id":"m2"})).await;
+    send_json(
+        &mut a,
+        json!({"type":"message","text":"<b>two</b> & \u{202E}more","id":"m2"}),
+    )
+    .await;
     let ack1 = recv_json(&mut a).await;
     let ack2 = recv_json(&mut a).await;
     assert_eq!(ack1["type"], "ack");
     assert_eq!(ack1["id"], "m1");
     assert_eq!(ack2["id"], "m2");
+    // The ack carries what the others received, sanitised, never the raw input.
+    assert_eq!(ack2["text"], "two &amp; more");
     let one = recv_json(&mut b).await;
     let two = recv_json(&mut b).await;
     assert_eq!(one["from"], "alice");
     assert_eq!(one["text"], "one");
     assert_eq!(one["seq"], ack1["seq"]);
+    assert_eq!(two["text"], ack2["text"]);
     assert_eq!(two["seq"], ack2["seq"]);
     assert_eq!(
         two["seq"].as_u64().unwrap(),

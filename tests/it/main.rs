@@ -7,6 +7,7 @@ mod chat;
 mod checks;
 mod closing;
 mod config;
+mod first_minutes;
 mod frames;
 mod fuzz_corpus;
 mod handshake;

@@ -40,6 +40,7 @@ pub fn token(user: &str) -> &'static str {
 /// A CA and a leaf for localhost/127.0.0.1 signed by it, made fresh for each server.
 pub struct TestCa {
     pub ca_der: CertificateDer<'static>,
+    pub ca_pem: String,
     pub leaf_pem: String,
     pub key_pem: String,
 }
@@ -64,6 +65,7 @@ impl TestCa {
         let leaf = leaf.signed_by(&key, &ca).unwrap();
         TestCa {
             ca_der: ca.der().clone(),
+            ca_pem: ca.pem(),
             leaf_pem: leaf.pem(),
             key_pem: key.serialize_pem(),
         }
@@ -136,6 +138,7 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         std::fs::write(dir.path().join("cert.pem"), &ca.leaf_pem).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &ca.key_pem).unwrap();
         std::fs::write(dir.path().join("jwt-secret"), JWT_SECRET).unwrap();
         let cfg_path = dir.path().join("config.toml");
