@@ -504,7 +504,7 @@ async fn old_tls_versions_and_cbc_only_suites_are_refused() {
 }
 
 #[tokio::test]
-async fn plain_ws_to_the_tls_port_never_gets_101() {
+async fn plain_ws_to_the_tls_port_gets_400_never_101() {
     let s = Server::start();
     let reply = tls_reply(
         &s,
@@ -517,7 +517,9 @@ async fn plain_ws_to_the_tls_port_never_gets_101() {
     )
     .await;
     let text = String::from_utf8_lossy(&reply);
-    assert!(!text.contains("101") && !text.starts_with("HTTP"), "{text}");
+    // Never an upgrade: a 400 that says to use TLS.
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("this port speaks TLS"), "{text}");
     let _still = s.join("alice", "lobby").await;
 }
 
