@@ -131,21 +131,7 @@ pub fn gate<B>(
         .filter(|k| k.len() == 24)
         .ok_or(Refusal::Malformed("missing or bad Sec-WebSocket-Key"))?;
 
-    // A request with two Origin headers is treated as malformed rather than picking one.
-    let origin = match h.get_all(ORIGIN).iter().count() {
-        0 => None,
-        1 => h.get(ORIGIN).map(HeaderValue::as_bytes),
-        _ => return Err(Refusal::Origin(origin::Refusal::Malformed)),
-    };
-    shared.origins.check(origin).map_err(Refusal::Origin)?;
-
-    let token = auth::find_token(h, req.uri().query(), shared.config.auth.allow_query_token)
-        .ok_or(Refusal::Token(auth::Refusal::Missing))?;
-    let identity = shared.auth.verify(token).map_err(Refusal::Token)?;
-
-    if !identity.may_join(room) || !shared.rooms.available(room) {
-        return Err(Refusal::Room);
-    }
+    let identity = identify(shared, req, room)?;
 
     let user_slot = shared
         .user_slots
@@ -183,4 +169,44 @@ pub fn gate<B>(
         accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
         subprotocol,
     })
+}
+
+/// Who is asking, and may they enter `room`: Origin -> token -> room rights. Shared by the
+/// upgrade and by [`check`], so both give the same answer.
+fn identify<B>(shared: &Shared, req: &Request<B>, room: &str) -> Result<Identity, Refusal> {
+    let h = req.headers();
+    // A request with two Origin headers is treated as malformed rather than picking one.
+    let origin = match h.get_all(ORIGIN).iter().count() {
+        0 => None,
+        1 => h.get(ORIGIN).map(HeaderValue::as_bytes),
+        _ => return Err(Refusal::Origin(origin::Refusal::Malformed)),
+    };
+    shared.origins.check(origin).map_err(Refusal::Origin)?;
+
+    let token = auth::find_token(h, req.uri().query(), shared.config.auth.allow_query_token)
+        .ok_or(Refusal::Token(auth::Refusal::Missing))?;
+    let identity = shared.auth.verify(token).map_err(Refusal::Token)?;
+
+    if !identity.may_join(room) || !shared.rooms.available(room) {
+        return Err(Refusal::Room);
+    }
+    Ok(identity)
+}
+
+/// `POST /check/{room}`: would an upgrade from this page, with this token, be admitted? A
+/// browser cannot read the status of a refused WebSocket upgrade (it sees only 1006), so the
+/// page asks here to tell a refused token from a network failure. It runs the gate's own
+/// checks and is charged to the same handshake rate, so it guesses tokens no faster than
+/// upgrades do, and it answers only what the page's own upgrade would have been told.
+pub fn check<B>(
+    shared: &Shared,
+    req: &Request<B>,
+    peer: SocketAddr,
+    room: &str,
+) -> Result<(), Refusal> {
+    shared
+        .limits
+        .check_handshake(peer.ip())
+        .map_err(Refusal::Rate)?;
+    identify(shared, req, room).map(|_| ())
 }

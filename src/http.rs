@@ -85,6 +85,33 @@ pub async fn handle(
                 }
             }
         }
+        Route::Check(room) if req.method() == hyper::Method::POST => {
+            match handshake::check(&shared, &req, peer, room) {
+                Ok(()) => {
+                    let mut r = Response::new(Body::default());
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                }
+                Err(refusal) => {
+                    shared.metrics.refused(refusal.kind());
+                    info!(
+                        %peer,
+                        room = %room,
+                        status = refusal.status().as_u16(),
+                        kind = refusal.kind(),
+                        reason = refusal.reason(),
+                        "check refused"
+                    );
+                    refused(refusal)
+                }
+            }
+        }
+        Route::Check(_) => {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+            r.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
         Route::Health => plain(StatusCode::OK, "ok"),
         Route::Favicon => {
             // Browsers ask on every page load; no icon rather than a 404 in their console.
@@ -108,6 +135,9 @@ pub async fn handle(
 pub enum Route<'a> {
     /// `/rooms/{room}` with a valid room name: the upgrade gate.
     Room(&'a str),
+    /// `/check/{room}`: would the upgrade be admitted (for the page, which cannot see why an
+    /// upgrade was refused).
+    Check(&'a str),
     Health,
     Favicon,
     /// A file of the browser client, compiled in: body and content type.
@@ -126,10 +156,15 @@ pub fn route(path: &str) -> Route<'_> {
         }
         "/app.js" => Route::Page(include_str!("web/app.js"), "text/javascript; charset=utf-8"),
         "/app.css" => Route::Page(include_str!("web/app.css"), "text/css; charset=utf-8"),
-        _ => match path.strip_prefix("/rooms/") {
-            Some(room) if valid_room_name(room) => Route::Room(room),
-            _ => Route::NotFound,
-        },
+        _ => {
+            if let Some(room) = path.strip_prefix("/rooms/").filter(|r| valid_room_name(r)) {
+                Route::Room(room)
+            } else if let Some(room) = path.strip_prefix("/check/").filter(|r| valid_room_name(r)) {
+                Route::Check(room)
+            } else {
+                Route::NotFound
+            }
+        }
     }
 }
 

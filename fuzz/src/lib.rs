@@ -327,6 +327,10 @@ pub fn upgrade_path(data: &[u8]) {
                 "{name:?}"
             );
         }
+        Route::Check(name) => {
+            assert_eq!(path.strip_prefix("/check/"), Some(name));
+            assert!(valid_room_name(name), "{name:?}");
+        }
         Route::NotFound => {
             if let Some(rest) = path.strip_prefix("/rooms/") {
                 assert!(
@@ -336,7 +340,7 @@ pub fn upgrade_path(data: &[u8]) {
             }
         }
         Route::Health | Route::Favicon | Route::Page(..) => {
-            assert!(!path.starts_with("/rooms/"));
+            assert!(!path.starts_with("/rooms/") && !path.starts_with("/check/"));
         }
     }
     if let Some(t) = auth::find_token(&HeaderMap::new(), uri.query(), true) {

@@ -10,7 +10,8 @@ let ws = null;
 let attempt = 0;        // reconnects since the last good connection
 let wanted = null;      // {token, room} while the user wants to be connected
 let timer = null;
-let sentIds = new Map(); // id -> text, to show our own messages once acked
+let me = null;          // our user name, from the welcome
+let pendingIds = new Set(); // ids of our messages not acked yet
 
 function status(text, live) {
   $('status').textContent = text;
@@ -66,11 +67,14 @@ function connect() {
   const sock = new WebSocket(`wss://${location.host}/rooms/${encodeURIComponent(room)}`,
     ['wss-chat.v1', `bearer.${token}`]);
   ws = sock;
+  let welcomed = false;
   sock.onmessage = (ev) => {
     let m;
     try { m = JSON.parse(ev.data); } catch { return; }
     switch (m.type) {
       case 'welcome':
+        welcomed = true;
+        me = m.user;
         attempt = 0; // a good connection resets the backoff
         showError('');
         status(`connected as ${m.user} in ${m.room}`, true);
@@ -79,12 +83,11 @@ function connect() {
       case 'message':
         add('', m.from, m.ts, m.text);
         break;
-      case 'ack': {
-        const text = sentIds.get(m.id);
-        sentIds.delete(m.id);
-        if (text !== undefined) add('mine', 'you', Date.now()).textContent = text;
+      case 'ack':
+        // Shown as the others saw it: our name and the server's sanitised text, never what
+        // was typed (the server may have removed markup or hidden characters from it).
+        if (pendingIds.delete(m.id)) add('mine', me, Date.now(), m.text);
         break;
-      }
       case 'error':
         if (m.code === 'rate_limited') {
           showError(`Slow down: you can send again in ${Math.ceil((m.retry_after_ms || 0) / 100) / 10} s.`);
@@ -95,15 +98,27 @@ function connect() {
         } else {
           showError(`Refused: ${m.message || m.code}`);
         }
-        if (m.id) sentIds.delete(m.id);
+        if (m.id) pendingIds.delete(m.id);
         break;
     }
   };
-  sock.onclose = (ev) => {
+  sock.onclose = async (ev) => {
     if (ws !== sock) return;
     ws = null;
     setSending(false);
     if (!wanted) { status('not connected'); return; }
+    // A refused upgrade looks like a network failure to a page (1006, no status). Ask the
+    // server whether this token and page would be let in; a refusal stops the retries until
+    // the user changes something and connects again.
+    if (!welcomed && ev.code === 1006) {
+      const refusal = await checkRefusal(token, room);
+      if (refusal && wanted && wanted.token === token && wanted.room === room) {
+        wanted = null;
+        status('refused: not retrying');
+        showError(refusal);
+        return;
+      }
+    }
     // Exponential backoff with jitter: 1 s doubling to 30 s, a random 50-100 % of it.
     const base = Math.min(MAX_DELAY, MIN_DELAY * 2 ** attempt);
     const delay = Math.round(base * (0.5 + Math.random() * 0.5));
@@ -113,6 +128,19 @@ function connect() {
     notice(`Disconnected: ${why}.`);
     timer = setTimeout(connect, delay);
   };
+}
+
+// Why the server would refuse this token and room, or null when it would not (or cannot say).
+async function checkRefusal(token, room) {
+  let r;
+  try {
+    r = await fetch(`/check/${encodeURIComponent(room)}`, {
+      method: 'POST', headers: { Authorization: `Bearer ${token}` }, cache: 'no-store',
+    });
+  } catch { return null; } // the network itself: keep retrying
+  if (r.status === 401) return 'The server refused this token (401): check it and connect again.';
+  if (r.status === 403) return `Not allowed (403): this token may not enter "${room}", or this page's origin is not allowed.`;
+  return null;
 }
 
 let nextId = 1;
@@ -129,7 +157,7 @@ document.addEventListener('DOMContentLoaded', () => {
     const text = $('text').value;
     if (!text.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
     const id = String(nextId++);
-    sentIds.set(id, text);
+    pendingIds.add(id);
     ws.send(JSON.stringify({ type: 'message', text, id }));
     $('text').value = '';
     showError('');

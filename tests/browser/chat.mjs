@@ -76,6 +76,9 @@ await lastFrom(alice, 'bob', 'hi alice, all good here');
 await say(alice, '1 < 2 <img src=x onerror=alert(1)> & <script>alert(2)</script><b onclick=alert(3)>done</b>');
 m = await lastFrom(bob, 'alice', '1 < 2  & done');
 check(m.elements === 0, `the delivered message has ${m.elements} elements; it should be text only`);
+// The sender's own page shows its name and the server's sanitised text, not what was typed.
+m = await lastFrom(alice, 'alice', '1 < 2  & done');
+check(m.elements === 0, `alice's own copy has ${m.elements} elements; it should be text only`);
 await say(alice, '<svg onload=alert(4)>');
 await alice.waitForSelector('#error:not([hidden])');
 check((await alice.textContent('#error')).includes('Nothing left'), 'an all-markup message is refused with a reason');
@@ -103,7 +106,21 @@ await evil.waitForFunction(() => document.title !== 'waiting');
 check((await evil.title()) === 'closed:1006', `foreign page: ${await evil.title()}`);
 await evil.close();
 
-// 4. Kill and restart the server: the pages reconnect on their own.
+// 4. A wrong token says so and stops retrying (a browser sees only 1006 for any refused
+// upgrade; the page asks the server why).
+const wrong = await context.newPage();
+let attempts = 0;
+wrong.on('websocket', () => { attempts += 1; });
+await wrong.goto(`${URL_BASE}/`);
+await wrong.fill('#token', 'not-a-valid-token');
+await wrong.click('#connect');
+await wrong.waitForFunction(() => document.getElementById('status').textContent === 'refused: not retrying');
+check((await wrong.textContent('#error')).includes('refused this token (401)'), `wrong token: ${await wrong.textContent('#error')}`);
+await wrong.waitForTimeout(3000); // the first retry would come after 0.5-1 s
+check(attempts === 1, `a refused page kept retrying: ${attempts} attempts`);
+await wrong.close();
+
+// 5. Kill and restart the server: the pages reconnect on their own.
 console.log('RESTART');
 check((await nextLine()) === 'RESTARTED', 'the test driver did not restart the server');
 await alice.waitForFunction(() => document.getElementById('status').textContent.startsWith('disconnected')

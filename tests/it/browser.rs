@@ -71,5 +71,12 @@ async fn two_browser_pages_chat_xss_stays_text_foreign_origin_refused_and_reconn
             .any(|l| l.contains("origin not allowed") && l.contains("status=403")),
         "no Origin refusal in the log"
     );
+    // The wrong-token page asked why, and was told 401 without retrying.
+    assert!(
+        s.log()
+            .iter()
+            .any(|l| l.contains("check refused") && l.contains("status=401")),
+        "no check refusal in the log"
+    );
     assert!(std::path::Path::new(&format!("{shots}/chat-bob.png")).exists());
 }
