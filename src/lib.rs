@@ -192,7 +192,7 @@ fn demo_banner(config: &Config, addr: SocketAddr) {
     }
     let (_, token) = users[0];
     info!(
-        "DEMO: or from a terminal: python3 scripts/chat.py --url wss://{host}:{} --token {token}",
+        "DEMO: or from a terminal (pip install websockets): python3 scripts/chat.py --url wss://{host}:{} --token {token}",
         addr.port()
     );
 }
