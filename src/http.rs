@@ -71,18 +71,7 @@ pub async fn handle(
                     });
                     return Ok(resp);
                 }
-                Err(refusal) => {
-                    shared.metrics.refused(refusal.kind());
-                    info!(
-                        %peer,
-                        room = %room,
-                        status = refusal.status().as_u16(),
-                        kind = refusal.kind(),
-                        reason = refusal.reason(),
-                        "handshake refused"
-                    );
-                    refused(refusal)
-                }
+                Err(refusal) => refused(&shared, peer, &room, refusal, "handshake"),
             }
         }
         Route::Check(room) if req.method() == hyper::Method::POST => {
@@ -92,18 +81,7 @@ pub async fn handle(
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     r
                 }
-                Err(refusal) => {
-                    shared.metrics.refused(refusal.kind());
-                    info!(
-                        %peer,
-                        room = %room,
-                        status = refusal.status().as_u16(),
-                        kind = refusal.kind(),
-                        reason = refusal.reason(),
-                        "check refused"
-                    );
-                    refused(refusal)
-                }
+                Err(refusal) => refused(&shared, peer, room, refusal, "check"),
             }
         }
         Route::Check(_) => {
@@ -211,7 +189,28 @@ fn switching_protocols(accept_key: &str, subprotocol: bool) -> Response<Body> {
     r
 }
 
-fn refused(refusal: Refusal) -> Response<Body> {
+/// Count and log a refusal of `what` (an upgrade or a check), and answer it. The log names the
+/// room and the reason, never the token or the query string.
+fn refused(
+    shared: &Shared,
+    peer: SocketAddr,
+    room: &str,
+    refusal: Refusal,
+    what: &str,
+) -> Response<Body> {
+    shared.metrics.refused(refusal.kind());
+    info!(
+        %peer,
+        room = %room,
+        status = refusal.status().as_u16(),
+        kind = refusal.kind(),
+        reason = refusal.reason(),
+        "{what} refused"
+    );
+    refusal_response(refusal)
+}
+
+fn refusal_response(refusal: Refusal) -> Response<Body> {
     let mut r = plain(refusal.status(), refusal.reason());
     let h = r.headers_mut();
     match refusal {

@@ -126,14 +126,14 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     let (failed, out_of_step) = {
         let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
         let writer = write_loop(&mut sink, rx, &outbox, &closing, &mut shutdown, ping_every);
-        let reader = read_loop(
-            &mut stream,
-            &shared,
-            &outbox,
-            &closing,
-            &identity,
-            &membership,
-        );
+        let conn = Conn {
+            shared: &shared,
+            outbox: &outbox,
+            closing: &closing,
+            identity: &identity,
+            membership: &membership,
+        };
+        let reader = read_loop(&mut stream, conn);
         tokio::pin!(writer);
         tokio::pin!(reader);
         let within = |d: Option<tokio::time::Instant>| d.unwrap_or_else(tokio::time::Instant::now);
@@ -206,19 +206,15 @@ async fn finish(
 /// Read frames until the peer's Close, or until this side decides to close; then, when the
 /// stream is still in step, keep reading and discarding until the peer's Close arrives (the
 /// caller bounds that by the closing deadline).
-async fn read_loop(
-    stream: &mut Stream,
-    shared: &Shared,
-    outbox: &Outbox,
-    closing: &Closing,
-    identity: &Identity,
-    membership: &crate::room::Membership,
-) -> ReadEnd {
+async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
+    let Conn {
+        outbox, closing, ..
+    } = conn;
     let close_with = |code: CloseCode, reason: &'static str| {
         closing.begin(Ending { code, reason });
         outbox.close(code, reason);
     };
-    match serve_frames(stream, shared, outbox, closing, identity, membership).await {
+    match serve_frames(stream, conn).await {
         Served::PeerClosed => return ReadEnd::Done,
         Served::Close(ending) => close_with(ending.code, ending.reason),
         Served::BadFrame(ending) => {
@@ -246,6 +242,16 @@ async fn read_loop(
     }
 }
 
+/// What the reader works with: the connection's place in the server.
+#[derive(Clone, Copy)]
+struct Conn<'a> {
+    shared: &'a Shared,
+    outbox: &'a Outbox,
+    closing: &'a Closing,
+    identity: &'a Identity,
+    membership: &'a crate::room::Membership,
+}
+
 /// How serving frames stopped.
 enum Served {
     PeerClosed,
@@ -258,14 +264,14 @@ enum Served {
 }
 
 /// The chat: each frame through the pipeline, until one of the reasons in [`Served`].
-async fn serve_frames(
-    stream: &mut Stream,
-    shared: &Shared,
-    outbox: &Outbox,
-    closing: &Closing,
-    identity: &Identity,
-    membership: &crate::room::Membership,
-) -> Served {
+async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
+    let Conn {
+        shared,
+        outbox,
+        closing,
+        identity,
+        membership,
+    } = conn;
     let user = identity.user.as_str();
     let echo = shared.config.server.echo_mode;
     let mut limiter = shared.limits.connection();
