@@ -52,7 +52,7 @@ async fn the_demo_config_says_how_to_connect_and_its_tokens_work() {
             .await;
         assert!(warning.contains("WARN"), "{warning}");
     }
-    s.wait_log("DEMO: or from a terminal: python3 scripts/chat.py")
+    s.wait_log("DEMO: or from a terminal (pip install websockets): python3 scripts/chat.py")
         .await;
     // The tokens it prints are the ones it accepts, from the Origin the demo allows.
     let mut alice = s
