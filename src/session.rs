@@ -221,6 +221,9 @@ async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
             close_with(ending.code, ending.reason);
             return ReadEnd::OutOfStep;
         }
+        // The frame was read whole (a protocol or UTF-8 error), so the next one can still be
+        // found and the peer's Close recognised.
+        Served::BadMessage(ending) => close_with(ending.code, ending.reason),
         Served::WriterClosing => {}
     }
     // Let the writer send the Close before reading on: frames already buffered would otherwise
@@ -259,6 +262,8 @@ enum Served {
     Close(Ending),
     /// A frame broke the protocol or a limit; the stream is out of step.
     BadFrame(Ending),
+    /// A frame broke the protocol or was not UTF-8, but was read whole: still in step.
+    BadMessage(Ending),
     /// The writer began closing (slow consumer, shutdown).
     WriterClosing,
 }
@@ -330,9 +335,14 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             Ok(Message::Text(_) | Message::Pong(_) | Message::Frame(_)) => continue,
             Err(e) => {
                 return match error_ending(&e) {
-                    Some(ending) => Served::BadFrame(ending),
+                    // A frame over the size limit is refused after its header: the rest of
+                    // it is still unread, so the stream is out of step.
+                    Some(ending) if matches!(e, tungstenite::Error::Capacity(_)) => {
+                        Served::BadFrame(ending)
+                    }
+                    Some(ending) => Served::BadMessage(ending),
                     None => Served::PeerClosed,
-                }
+                };
             }
         };
 

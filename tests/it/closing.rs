@@ -232,3 +232,39 @@ async fn a_peer_that_never_answers_the_close_is_cut_at_the_grace() {
         "socket closed {held:?} after the Close; grace {grace:?}"
     );
 }
+
+#[tokio::test]
+async fn after_a_protocol_error_the_peers_close_ends_it_at_once() {
+    // A frame with a reserved bit is read whole, so the server still finds the peer's Close
+    // in what follows and shuts the socket then, not at the end of the grace (2 s).
+    let s = Server::start();
+    let mut ws = s.join("alice", "lobby").await;
+    let (mut r, mut w) = tokio::io::split(ws.get_mut());
+    w.write_all(&frame(0xC1, b"rsv1")).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while last_close_code(&raw).is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf))
+            .await
+            .expect("no Close")
+            .unwrap();
+        assert!(n > 0, "ended without a Close");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(last_close_code(&raw), Some(1002));
+    let answered = Instant::now();
+    w.write_all(&frame(0x88, &1002u16.to_be_bytes()))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let took = answered.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "closed {took:?} after the peer's Close"
+    );
+}
