@@ -16,6 +16,7 @@
 //! deadline, never before.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,6 +57,9 @@ struct Closing {
     grace: Duration,
     started: OnceLock<(Ending, tokio::time::Instant)>,
     began: Notify,
+    /// Set once the writer has sent (or tried to send) the Close.
+    sent: AtomicBool,
+    sent_notify: Notify,
 }
 
 impl Closing {
@@ -72,6 +76,18 @@ impl Closing {
         });
         let _ = first;
         *deadline
+    }
+
+    fn mark_sent(&self) {
+        self.sent.store(true, Ordering::Release);
+        self.sent_notify.notify_one();
+    }
+
+    /// Resolves once the writer has sent the Close.
+    async fn close_sent(&self) {
+        while !self.sent.load(Ordering::Acquire) {
+            self.sent_notify.notified().await;
+        }
     }
 
     /// Resolves when closing has begun and its deadline has passed.
@@ -122,6 +138,8 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
         grace: Duration::from_millis(shared.config.server.close_grace_ms),
         started: OnceLock::new(),
         began: Notify::new(),
+        sent: AtomicBool::new(false),
+        sent_notify: Notify::new(),
     };
     let (failed, out_of_step) = {
         let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
@@ -226,9 +244,10 @@ async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
         Served::BadMessage(ending) => close_with(ending.code, ending.reason),
         Served::WriterClosing => {}
     }
-    // Let the writer send the Close before reading on: frames already buffered would otherwise
-    // be read (and pings answered) ahead of it.
-    tokio::task::yield_now().await;
+    // Read on only once the Close is out: frames already buffered would otherwise be read,
+    // and pings answered, ahead of it. A peer that does not read holds the Close, and so this
+    // wait, until the caller's deadline.
+    closing.close_sent().await;
     // Closing: discard until the peer's Close. Input is still capped per frame by the
     // WebSocket layer, and the caller's deadline bounds the time.
     loop {
@@ -557,6 +576,7 @@ async fn write_loop(
         };
         let _ = sink.send(Message::Close(Some(frame))).await;
     }
+    closing.mark_sent();
     true
 }
 
