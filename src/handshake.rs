@@ -7,7 +7,6 @@
 //! token -> room rights -> join. Every refusal is an HTTP status with a short reason.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::{
@@ -15,15 +14,13 @@ use hyper::header::{
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Method, Request, StatusCode, Version};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{self, Identity};
 use crate::headers;
 use crate::limits::CapSlot;
 use crate::origin;
-use crate::protocol::{ServerFrame, SUBPROTOCOL};
-use crate::room::{next_conn_id, JoinError, Membership, Outbox, Outgoing};
+use crate::protocol::SUBPROTOCOL;
+use crate::room::{JoinError, Reservation};
 use crate::Shared;
 
 /// Why an upgrade was refused.
@@ -90,9 +87,8 @@ pub struct Admitted {
     pub identity: Identity,
     /// Counts this connection against `server.max_connections_per_user` while it lives.
     pub user_slot: CapSlot<String>,
-    pub membership: Membership,
-    pub outbox: Arc<Outbox>,
-    pub rx: mpsc::Receiver<Outgoing>,
+    /// The place in the room, taken by the engine's join once the upgrade is done.
+    pub reservation: Reservation,
     /// `Sec-WebSocket-Accept` for the 101.
     pub accept_key: String,
     /// Whether the client offered our subprotocol, which the 101 must then name.
@@ -138,34 +134,17 @@ pub fn gate<B>(
         .try_take(identity.user.clone())
         .ok_or(Refusal::UserCap)?;
 
-    // The welcome is queued before the connection joins, so it is the first frame the client
-    // reads even if the room is busy.
-    let (outbox, rx) = Outbox::new(shared.config.limits.outbound_queue_bytes);
-    let welcome = ServerFrame::Welcome {
-        user: &identity.user,
-        room,
-        limits: &shared.welcome_limits,
-    };
-    // Echo mode speaks no protocol of ours, so the conformance suite sees only its echoes.
-    if !shared.config.server.echo_mode {
-        outbox.push(Message::text(welcome.to_json()));
-    }
-    let membership = shared
-        .rooms
-        .join(room, next_conn_id(), outbox.clone())
-        .map_err(|e| match e {
-            JoinError::Unavailable => Refusal::Room,
-            JoinError::Full => Refusal::RoomFull,
-        })?;
+    let reservation = shared.engine.rooms.reserve(room).map_err(|e| match e {
+        JoinError::Unavailable => Refusal::Room,
+        JoinError::Full => Refusal::RoomFull,
+    })?;
 
     let subprotocol = headers::list_items(h, &SEC_WEBSOCKET_PROTOCOL).any(|p| p == SUBPROTOCOL);
 
     Ok(Admitted {
         identity,
         user_slot,
-        membership,
-        outbox,
-        rx,
+        reservation,
         accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
         subprotocol,
     })
@@ -187,7 +166,7 @@ fn identify<B>(shared: &Shared, req: &Request<B>, room: &str) -> Result<Identity
         .ok_or(Refusal::Token(auth::Refusal::Missing))?;
     let identity = shared.auth.verify(token).map_err(Refusal::Token)?;
 
-    if !identity.may_join(room) || !shared.rooms.available(room) {
+    if !identity.may_join(room) || !shared.engine.rooms.available(room) {
         return Err(Refusal::Room);
     }
     Ok(identity)

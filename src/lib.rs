@@ -1,12 +1,15 @@
 //! wss-chat: a TLS-terminating WebSocket chat server with strict defaults.
 //!
 //! The path of one connection, file by file: `server` (accept, caps, deadline) -> `tls` ->
-//! `http` (routing) -> `handshake` (rate, `origin`, `auth`, room) -> `session` (read frame,
-//! `limits`, `sanitize`) -> `room` (fan-out) -> `session` writer. Wire types live in
-//! `protocol`, settings in `config`. [`run`] starts a server so tests and the binary share it.
+//! `http` (routing) -> `handshake` (rate, `origin`, `auth`, room reserved: it only admits) ->
+//! `session` (frames; `engine::join` on upgrade) -> `engine::post` (`limits` already charged,
+//! length, `sanitize`, `store` append assigns seq, `room` fan-out) -> `session` writer. Wire
+//! types live in `protocol`, settings in `config`. [`run`] starts a server so tests and the
+//! binary share it.
 
 pub mod auth;
 pub mod config;
+pub mod engine;
 pub mod handshake;
 pub mod headers;
 pub mod http;
@@ -18,6 +21,7 @@ pub mod room;
 pub mod sanitize;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod tls;
 
 use std::future::Future;
@@ -31,7 +35,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
 use config::Config;
-use protocol::WelcomeLimits;
 
 /// Bytes a client frame may carry beyond `max_message_bytes` for its JSON envelope (type,
 /// id, quotes and escapes). A larger frame is closed with 1009 by the WebSocket layer before it
@@ -53,12 +56,10 @@ pub struct Shared {
     pub origins: origin::OriginPolicy,
     pub auth: auth::Authenticator,
     pub limits: limits::Limits,
-    pub sanitizer: sanitize::Sanitizer,
-    pub rooms: Arc<room::Rooms>,
+    /// Rooms, the message pipeline and the store: what sessions (and later the API) call.
+    pub engine: engine::Engine,
     /// Live connections per user, for `server.max_connections_per_user`.
     pub user_slots: Arc<limits::CapCounter<String>>,
-    /// Sent in every welcome; built once rather than per connection.
-    pub welcome_limits: WelcomeLimits,
     /// Size caps for every WebSocket, derived from `limits.max_message_bytes`.
     pub ws_config: WebSocketConfig,
     /// Flips to true when the server starts shutting down.
@@ -136,21 +137,19 @@ pub async fn run(
 
     let metrics_listener = metrics::bind(config.metrics.listen.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(metrics::Metrics::new());
+    // No history yet: the log keeps only each room's seq, as the relay always has.
+    let store: Arc<dyn store::Store> = Arc::new(store::MemoryStore { retain: 0 });
+    let rooms = room::Rooms::new(&config.rooms, store)?;
     let shared = Arc::new(Shared {
         origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),
         auth,
         limits: limits::Limits::new(&config.limits),
-        sanitizer: sanitize::Sanitizer::new(config.sanitize.mode),
-        rooms: room::Rooms::new(&config.rooms),
+        engine: engine::Engine::new(&config, rooms, metrics.clone()),
         user_slots: limits::CapCounter::new(config.server.max_connections_per_user),
-        welcome_limits: WelcomeLimits {
-            max_message_bytes: config.limits.max_message_bytes,
-            messages_per_second: config.limits.messages_per_second,
-            burst: config.limits.burst,
-        },
         ws_config,
         shutdown: stop_rx,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         config,
     });
     let metrics_task =

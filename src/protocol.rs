@@ -84,6 +84,8 @@ pub enum ErrorCode {
     Empty,
     /// Over the per-connection or per-user message rate.
     RateLimited,
+    /// The message could not be stored; it reached nobody.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -94,6 +96,7 @@ impl ErrorCode {
             ErrorCode::TooLong => "too_long",
             ErrorCode::Empty => "empty",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Rooms and fan-out: who is in which room, and the one place a message leaves its sender.
 //!
-//! [`Room::publish`] is the single seam between one connection and the others: it assigns the
-//! room's `seq`, encodes the outgoing frame once, and pushes the shared bytes into each other
-//! member's [`Outbox`] without waiting. A member whose outbox is full is marked a slow consumer
-//! and its own writer closes it; nobody else waits for it, and no lock is held while writing
-//! to a socket. A broker that spans processes would sit behind `publish`.
+//! [`Room::publish`] is the single seam between one connection and the others: under the
+//! room's lock it appends the event to the room's log (which assigns `seq`, see store.rs),
+//! encodes the outgoing frame once, and pushes the shared bytes into each other member's
+//! [`Outbox`] without waiting, so seq order is delivery order. A member whose outbox is full is
+//! marked a slow consumer and its own writer closes it; nobody else waits for it, and no lock
+//! is held while writing to a socket. A place in a room is first reserved by the gate (so a
+//! full room is refused before the upgrade) and then taken by the engine's join.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
+use crate::store::{Event, EventKind, RoomLog, Store, StoreError};
 
 /// What a connection's writer is asked to send.
 #[derive(Debug)]
@@ -104,11 +107,23 @@ pub fn next_conn_id() -> ConnId {
     NEXT_CONN.fetch_add(1, Ordering::Relaxed)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RoomState {
     members: HashMap<ConnId, Arc<Outbox>>,
-    /// Last `seq` handed out; assigned only under this lock so it orders delivery.
-    seq: u64,
+    /// Places promised by the gate and not yet taken; they count toward `max_members`.
+    reserved: usize,
+    /// The room's log; appended to only under this lock, so it orders delivery.
+    log: Box<dyn RoomLog>,
+}
+
+impl RoomState {
+    fn new(log: Box<dyn RoomLog>) -> Mutex<RoomState> {
+        Mutex::new(RoomState {
+            members: HashMap::new(),
+            reserved: 0,
+            log,
+        })
+    }
 }
 
 /// What one `publish` did.
@@ -128,17 +143,24 @@ pub struct Room {
 }
 
 impl Room {
-    /// Deliver to every member but `from`. `encode` gets the new `seq` and returns the frame,
-    /// built once and shared by all recipients.
-    pub fn publish(&self, from: ConnId, encode: impl FnOnce(u64) -> Message) -> Fanout {
+    /// Append an event to the room's log and deliver it to every member but `from`. `encode`
+    /// gets the stored event (with its `seq`) and returns the frame, built once and shared by
+    /// all recipients. A log that refuses the event delivers it to nobody.
+    pub fn publish(
+        &self,
+        from: ConnId,
+        ts: u64,
+        kind: EventKind,
+        encode: impl FnOnce(&Event) -> Message,
+    ) -> Result<Fanout, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.seq += 1;
+        let event = st.log.append(ts, kind)?;
         let mut out = Fanout {
-            seq: st.seq,
+            seq: event.seq,
             queued: 0,
             overflowed: 0,
         };
-        let msg = encode(out.seq);
+        let msg = encode(&event);
         for (id, outbox) in &st.members {
             if *id != from {
                 if outbox.push(msg.clone()) {
@@ -148,7 +170,7 @@ impl Room {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     pub fn member_count(&self) -> usize {
@@ -157,6 +179,11 @@ impl Room {
             .unwrap_or_else(|p| p.into_inner())
             .members
             .len()
+    }
+
+    fn in_use(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        !st.members.is_empty() || st.reserved > 0
     }
 }
 
@@ -179,30 +206,33 @@ pub struct Rooms {
     auto_create: bool,
     max_rooms: usize,
     max_members: usize,
+    store: Arc<dyn Store>,
 }
 
 impl Rooms {
-    pub fn new(cfg: &RoomsConfig) -> Arc<Rooms> {
-        let rooms = cfg
-            .names
-            .iter()
-            .map(|n| {
-                (
-                    n.clone(),
-                    Arc::new(Room {
-                        name: n.clone(),
-                        state: Default::default(),
-                    }),
-                )
-            })
-            .collect();
-        Arc::new(Rooms {
+    /// The listed rooms, each with its log opened from `store`.
+    pub fn new(cfg: &RoomsConfig, store: Arc<dyn Store>) -> Result<Arc<Rooms>, String> {
+        let mut rooms = HashMap::new();
+        for n in &cfg.names {
+            let log = store
+                .open(n)
+                .map_err(|e| format!("room {n}: cannot open its history: {}", e.0))?;
+            rooms.insert(
+                n.clone(),
+                Arc::new(Room {
+                    name: n.clone(),
+                    state: RoomState::new(log),
+                }),
+            );
+        }
+        Ok(Arc::new(Rooms {
             rooms: Mutex::new(rooms),
             listed: cfg.names.iter().cloned().collect(),
             auto_create: cfg.auto_create,
             max_rooms: cfg.max_rooms,
             max_members: cfg.max_members,
-        })
+            store,
+        }))
     }
 
     /// Whether `name` exists or could be created now.
@@ -211,20 +241,17 @@ impl Rooms {
         rooms.contains_key(name) || (self.auto_create && rooms.len() < self.max_rooms)
     }
 
-    /// Add a connection to a room, creating it if allowed. The returned guard leaves on drop.
-    pub fn join(
-        self: &Arc<Self>,
-        name: &str,
-        id: ConnId,
-        outbox: Arc<Outbox>,
-    ) -> Result<Membership, JoinError> {
+    /// Promise a place in a room, creating it if allowed; the engine's join takes it, and
+    /// dropping the reservation gives it back.
+    pub fn reserve(self: &Arc<Self>, name: &str) -> Result<Reservation, JoinError> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let room = match rooms.get(name) {
             Some(r) => r.clone(),
             None if self.auto_create && rooms.len() < self.max_rooms => {
+                let log = self.store.open(name).map_err(|_| JoinError::Unavailable)?;
                 let r = Arc::new(Room {
                     name: name.to_string(),
-                    state: Default::default(),
+                    state: RoomState::new(log),
                 });
                 rooms.insert(name.to_string(), r.clone());
                 r
@@ -232,28 +259,77 @@ impl Rooms {
             None => return Err(JoinError::Unavailable),
         };
         let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.members.len() >= self.max_members {
+        if st.members.len() + st.reserved >= self.max_members {
             drop(st);
             self.drop_if_unused(&mut rooms, &room);
             return Err(JoinError::Full);
         }
-        st.members.insert(id, outbox);
+        st.reserved += 1;
         drop(st);
-        Ok(Membership {
+        Ok(Reservation {
             rooms: self.clone(),
-            room,
-            id,
+            room: Some(room),
         })
     }
 
+    /// Take a reserved place: the connection `id` receives the room's messages through
+    /// `outbox` until the returned guard is dropped.
+    pub fn join(
+        &self,
+        mut reservation: Reservation,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+    ) -> Membership {
+        let room = reservation
+            .room
+            .take()
+            .expect("a reservation is taken once");
+        {
+            let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.reserved -= 1;
+            st.members.insert(id, outbox);
+        }
+        Membership {
+            rooms: reservation.rooms.clone(),
+            room,
+            id,
+        }
+    }
+
     fn drop_if_unused(&self, rooms: &mut HashMap<String, Arc<Room>>, room: &Arc<Room>) {
-        if !self.listed.contains(&room.name) && room.member_count() == 0 {
+        if !self.listed.contains(&room.name) && !room.in_use() {
             rooms.remove(&room.name);
         }
     }
 
     pub fn count(&self) -> usize {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A place promised in a room by the gate, before the upgrade; see [`Rooms::reserve`].
+#[derive(Debug)]
+pub struct Reservation {
+    rooms: Arc<Rooms>,
+    room: Option<Arc<Room>>,
+}
+
+impl Reservation {
+    pub fn room(&self) -> &Arc<Room> {
+        self.room.as_ref().expect("a reservation is taken once")
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let Some(room) = self.room.take() else { return };
+        // Registry lock before room lock, the same order as `reserve`.
+        let mut rooms = self.rooms.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        room.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserved -= 1;
+        self.rooms.drop_if_unused(&mut rooms, &room);
     }
 }
 
@@ -267,7 +343,8 @@ pub struct Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        // Registry lock before room lock, the same order as `join`, so the two never deadlock.
+        // Registry lock before room lock, the same order as `reserve`, so the two never
+        // deadlock.
         let mut rooms = self.rooms.rooms.lock().unwrap_or_else(|p| p.into_inner());
         self.room
             .state
@@ -282,6 +359,7 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
 
     fn cfg(auto: bool) -> RoomsConfig {
         RoomsConfig {
@@ -299,15 +377,38 @@ mod tests {
         }
     }
 
+    fn rooms(auto: bool) -> Arc<Rooms> {
+        Rooms::new(&cfg(auto), Arc::new(MemoryStore { retain: 0 })).unwrap()
+    }
+
+    fn join(
+        rooms: &Arc<Rooms>,
+        name: &str,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+    ) -> Result<Membership, JoinError> {
+        Ok(rooms.join(rooms.reserve(name)?, id, outbox))
+    }
+
+    fn say(m: &Membership, text: &str) -> Fanout {
+        let kind = EventKind::Message {
+            from: "alice".into(),
+            text: text.into(),
+        };
+        m.room
+            .publish(m.id, 0, kind, |e| Message::text(format!("m{}", e.seq)))
+            .unwrap()
+    }
+
     #[test]
     fn publish_skips_sender_and_orders_seq() {
-        let rooms = Rooms::new(&cfg(false));
+        let rooms = rooms(false);
         let (a, mut ra) = Outbox::new(1 << 16);
         let (b, mut rb) = Outbox::new(1 << 16);
-        let ma = rooms.join("lobby", 1, a).unwrap();
-        let _mb = rooms.join("lobby", 2, b).unwrap();
-        let s1 = ma.room.publish(1, |seq| Message::text(format!("m{seq}")));
-        let s2 = ma.room.publish(1, |seq| Message::text(format!("m{seq}")));
+        let ma = join(&rooms, "lobby", 1, a).unwrap();
+        let _mb = join(&rooms, "lobby", 2, b).unwrap();
+        let s1 = say(&ma, "one");
+        let s2 = say(&ma, "two");
         assert_eq!((s1.seq, s2.seq), (1, 2));
         assert_eq!((s1.queued, s1.overflowed), (1, 0));
         assert_eq!(text(&mut rb).as_deref(), Some("m1"));
@@ -317,22 +418,32 @@ mod tests {
 
     #[test]
     fn caps_and_cleanup() {
-        let rooms = Rooms::new(&cfg(true));
+        let rooms = rooms(true);
         let ob = || Outbox::new(1 << 16).0;
-        assert_eq!(rooms.join("nope", 1, ob()).map(|_| ()), Ok(()));
+        assert_eq!(join(&rooms, "nope", 1, ob()).map(|_| ()), Ok(()));
         // "nope" was dropped when its only member left.
         assert_eq!(rooms.count(), 1);
-        let _x = rooms.join("x", 2, ob()).unwrap();
+        let _x = join(&rooms, "x", 2, ob()).unwrap();
         assert_eq!(
-            rooms.join("y", 3, ob()).unwrap_err(),
+            join(&rooms, "y", 3, ob()).unwrap_err(),
             JoinError::Unavailable
         );
-        let _l1 = rooms.join("lobby", 4, ob()).unwrap();
-        let _l2 = rooms.join("lobby", 5, ob()).unwrap();
-        assert_eq!(rooms.join("lobby", 6, ob()).unwrap_err(), JoinError::Full);
-        let strict = Rooms::new(&cfg(false));
+        let _l1 = join(&rooms, "lobby", 4, ob()).unwrap();
+        // A reservation counts toward max_members until it is taken or dropped.
+        let r2 = rooms.reserve("lobby").unwrap();
+        assert_eq!(rooms.reserve("lobby").unwrap_err(), JoinError::Full);
+        drop(r2);
+        let _l2 = join(&rooms, "lobby", 5, ob()).unwrap();
+        assert_eq!(join(&rooms, "lobby", 6, ob()).unwrap_err(), JoinError::Full);
+        // A dropped reservation of an auto-created room lets the room go.
+        drop(_x);
+        let r = rooms.reserve("z").unwrap();
+        assert_eq!(rooms.count(), 2);
+        drop(r);
+        assert_eq!(rooms.count(), 1);
+        let strict = self::rooms(false);
         assert_eq!(
-            strict.join("other", 7, ob()).unwrap_err(),
+            join(&strict, "other", 7, ob()).unwrap_err(),
             JoinError::Unavailable
         );
     }

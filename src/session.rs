@@ -1,9 +1,9 @@
 //! One live WebSocket connection: a reader and a writer, joined at the connection's outbox, and
 //! the closing handshake that ends it.
 //!
-//! Reader: frame (size already capped by the WebSocket layer) -> JSON -> rate -> length ->
-//! sanitise -> `room.publish`. Writer: drain everything queued, write it, flush once; close the
-//! socket with the right RFC 6455 code. tungstenite only reports a protocol error, so sending
+//! Reader: frame (size already capped by the WebSocket layer) -> JSON -> rate -> the engine's
+//! `post` (length, sanitise, store, fan-out). Writer: drain everything queued, write it, flush
+//! once; close the socket with the right RFC 6455 code. tungstenite only reports a protocol error, so sending
 //! the Close frame with its code is done here.
 //!
 //! Closing (RFC 6455 section 7.1.1): whoever decides first (the reader on a bad frame or a
@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use crate::auth::Identity;
+use crate::engine::Member;
 use crate::handshake::Admitted;
 use crate::limits::Verdict;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
@@ -123,13 +123,15 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     let started = Instant::now();
     let Admitted {
         identity,
-        membership,
-        outbox,
-        rx,
+        reservation,
+        // Held for as long as the session lives: it counts the connection against its user.
+        user_slot: _user_slot,
         ..
     } = admitted;
-    let room = membership.room.clone();
-    info!(%peer, user = %identity.user, room = %room.name, "connection opened");
+    let (member, rx) = shared.engine.join(reservation, identity);
+    let room = member.membership.room.clone();
+    let user = member.identity.user.clone();
+    info!(%peer, user = %user, room = %room.name, "connection opened");
     shared.metrics.connections_open.inc();
 
     let (mut sink, mut stream) = ws.split();
@@ -143,13 +145,12 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     };
     let (failed, out_of_step) = {
         let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
-        let writer = write_loop(&mut sink, rx, &outbox, &closing, &mut shutdown, ping_every);
+        let outbox = &member.outbox;
+        let writer = write_loop(&mut sink, rx, outbox, &closing, &mut shutdown, ping_every);
         let conn = Conn {
             shared: &shared,
-            outbox: &outbox,
             closing: &closing,
-            identity: &identity,
-            membership: &membership,
+            member: &member,
         };
         let reader = read_loop(&mut stream, conn);
         tokio::pin!(writer);
@@ -181,7 +182,7 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
         code: CloseCode::Abnormal,
         reason: "connection lost",
     });
-    drop(membership);
+    drop(member);
     if let Ok(ws) = sink.reunite(stream) {
         finish(ws, closing.deadline(), failed, out_of_step).await;
     }
@@ -191,7 +192,7 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     }
     info!(
         %peer,
-        user = %identity.user,
+        user = %user,
         room = %room.name,
         code = u16::from(ending.code),
         reason = ending.reason,
@@ -226,8 +227,9 @@ async fn finish(
 /// caller bounds that by the closing deadline).
 async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
     let Conn {
-        outbox, closing, ..
+        member, closing, ..
     } = conn;
+    let outbox = &member.outbox;
     let close_with = |code: CloseCode, reason: &'static str| {
         closing.begin(Ending { code, reason });
         outbox.close(code, reason);
@@ -268,10 +270,8 @@ async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
 #[derive(Clone, Copy)]
 struct Conn<'a> {
     shared: &'a Shared,
-    outbox: &'a Outbox,
     closing: &'a Closing,
-    identity: &'a Identity,
-    membership: &'a crate::room::Membership,
+    member: &'a Member,
 }
 
 /// How serving frames stopped.
@@ -291,11 +291,11 @@ enum Served {
 async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
     let Conn {
         shared,
-        outbox,
         closing,
-        identity,
-        membership,
+        member,
     } = conn;
+    let outbox = &member.outbox;
+    let identity = &member.identity;
     let user = identity.user.as_str();
     let echo = shared.config.server.echo_mode;
     let mut limiter = shared.limits.connection();
@@ -407,49 +407,18 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
             continue;
         }
-        if body.len() > shared.config.limits.max_message_bytes {
-            reply_error(
-                ErrorCode::TooLong,
-                "text longer than max_message_bytes",
-                None,
-            );
-            continue;
-        }
-        let Some(clean) = shared.sanitizer.clean(body) else {
-            reply_error(
-                ErrorCode::Empty,
-                "nothing left to send after sanitising",
-                None,
-            );
-            continue;
-        };
-        let room = &membership.room;
-        let started = Instant::now();
-        let fanout = room.publish(membership.id, |seq| {
-            Message::text(
-                ServerFrame::Message {
-                    room: &room.name,
-                    from: user,
-                    text: &clean,
-                    seq,
-                    ts: now_ms(),
+        match shared.engine.post(member, body) {
+            Ok(posted) => {
+                if let Some(id) = id {
+                    let ack = ServerFrame::Ack {
+                        id,
+                        seq: posted.seq,
+                        text: &posted.text,
+                    };
+                    outbox.push(Message::text(ack.to_json()));
                 }
-                .to_json(),
-            )
-        });
-        let m = &shared.metrics;
-        m.fanout_seconds.observe(started.elapsed().as_secs_f64());
-        m.messages_delivered.inc_by(fanout.queued);
-        if fanout.overflowed > 0 {
-            m.dropped_by("slow_consumer", fanout.overflowed);
-        }
-        if let Some(id) = id {
-            let ack = ServerFrame::Ack {
-                id,
-                seq: fanout.seq,
-                text: &clean,
-            };
-            outbox.push(Message::text(ack.to_json()));
+            }
+            Err(rejection) => reply_error(rejection.code(), rejection.message(), None),
         }
     }
 }
@@ -578,10 +547,4 @@ async fn write_loop(
     }
     closing.mark_sent();
     true
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

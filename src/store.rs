@@ -1,0 +1,144 @@
+//! The store seam: a room's history as a log of events, and the one place a message gets its
+//! `seq`.
+//!
+//! [`RoomLog::append`] assigns the next `seq` (the room's top + 1) and keeps the event; the
+//! engine appends under the room's lock and fans out in the same critical section, so seq order
+//! is delivery order. [`RoomLog::range`] reads what is retained, for backlogs and paging. The
+//! in-memory log here keeps the last `retain` events of a room for as long as the room exists
+//! (0 keeps none: today's relay); a durable log (SQLite, Redis) implements the same trait.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What happened in a room. Messages are the only kind stored today.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    Message {
+        from: String,
+        /// The sanitised text that was delivered, never the raw input.
+        text: String,
+    },
+}
+
+/// One stored event of a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub room: Arc<str>,
+    /// The room's position of this event: 1 for its first, +1 per event, never reused.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch, when it was appended.
+    pub ts: u64,
+    pub kind: EventKind,
+}
+
+/// Why the log could not take an event; the message is then delivered to nobody.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+/// One room's log. Not shared between rooms: a room holds its own, so the log of a room that
+/// is dropped (auto-created and empty) goes with it.
+pub trait RoomLog: Send + std::fmt::Debug {
+    /// Store an event and return it with its `seq`.
+    fn append(&mut self, ts: u64, kind: EventKind) -> Result<Event, StoreError>;
+    /// The seq of the last event (0 for an empty room).
+    fn top(&self) -> u64;
+    /// Retained events with `after < seq`, oldest first, at most `limit`.
+    fn range(&self, after: u64, limit: usize) -> Vec<Event>;
+}
+
+/// Opens the log of a room by name.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn open(&self, room: &str) -> Result<Box<dyn RoomLog>, StoreError>;
+}
+
+/// Events kept in memory, the last `retain` of each room.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryStore {
+    pub retain: usize,
+}
+
+impl Store for MemoryStore {
+    fn open(&self, room: &str) -> Result<Box<dyn RoomLog>, StoreError> {
+        Ok(Box::new(MemoryLog {
+            room: room.into(),
+            top: 0,
+            retain: self.retain,
+            events: VecDeque::new(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryLog {
+    room: Arc<str>,
+    top: u64,
+    retain: usize,
+    events: VecDeque<Event>,
+}
+
+impl RoomLog for MemoryLog {
+    fn append(&mut self, ts: u64, kind: EventKind) -> Result<Event, StoreError> {
+        self.top += 1;
+        let event = Event {
+            room: self.room.clone(),
+            seq: self.top,
+            ts,
+            kind,
+        };
+        if self.retain > 0 {
+            if self.events.len() == self.retain {
+                self.events.pop_front();
+            }
+            self.events.push_back(event.clone());
+        }
+        Ok(event)
+    }
+
+    fn top(&self) -> u64 {
+        self.top
+    }
+
+    fn range(&self, after: u64, limit: usize) -> Vec<Event> {
+        self.events
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(t: &str) -> EventKind {
+        EventKind::Message {
+            from: "alice".into(),
+            text: t.into(),
+        }
+    }
+
+    #[test]
+    fn append_assigns_seq_and_retains_the_last_events() {
+        let mut log = MemoryStore { retain: 2 }.open("lobby").unwrap();
+        assert_eq!(log.top(), 0);
+        for (i, t) in ["a", "b", "c"].iter().enumerate() {
+            let e = log.append(7, msg(t)).unwrap();
+            assert_eq!((e.seq, &*e.room, e.ts), (i as u64 + 1, "lobby", 7));
+        }
+        assert_eq!(log.top(), 3);
+        let seqs: Vec<_> = log.range(0, 10).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        assert_eq!(log.range(2, 10)[0].kind, msg("c"));
+        assert!(log.range(3, 10).is_empty());
+    }
+
+    #[test]
+    fn retain_zero_keeps_only_the_seq() {
+        let mut log = MemoryStore { retain: 0 }.open("x").unwrap();
+        log.append(0, msg("a")).unwrap();
+        assert_eq!(log.top(), 1);
+        assert!(log.range(0, 10).is_empty());
+    }
+}
