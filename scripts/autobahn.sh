@@ -56,6 +56,8 @@ start=$(date +%s)
 (cd "$WORK" && SSL_CERT_FILE="$WORK/ca.pem" "$OLDPWD/$VENV/bin/wstest" -m fuzzingclient -s spec.json > wstest.log 2>&1) || {
   echo "wstest failed:"; tail -n 30 "$WORK/wstest.log"; exit 1; }
 echo "wstest took $(( $(date +%s) - start )) s"
+# Kept for reading after a failure (each case's JSON says what the client saw).
+rm -rf target/autobahn-reports && cp -r "$WORK/reports" target/autobahn-reports
 
 python3 - "$WORK/reports/index.json" <<'PY'
 import collections, json, sys
