@@ -3,7 +3,9 @@
 //! `/rooms/{room}` goes through the gate (handshake.rs) and, when admitted, answers 101 and
 //! hands the upgraded stream to a session; a plain GET there gets 426. `/` serves the chat
 //! page (HTML, CSS and JS compiled into the binary, no inline script, so the page carries a
-//! strict Content-Security-Policy); `/healthz` answers 200. Anything else is 404. Every answer
+//! strict Content-Security-Policy); `POST /check/{room}` tells that page whether its upgrade
+//! would be admitted, since a browser cannot read a refused upgrade's status; `/healthz`
+//! answers 200. Anything else is 404. [`route`] is the whole table. Every answer
 //! but a 101 closes the connection, so only an upgrade keeps a socket. The query string is
 //! never logged: it may carry a token.
 
