@@ -122,7 +122,7 @@ async fn connection(
         let mut tcp = tcp;
         let _ = tokio::time::timeout_at(deadline, tcp.write_all(PLAIN_HTTP_ANSWER)).await;
         // Read what is left of the request before closing, so the answer is not lost to a reset.
-        let mut sink = [0u8; 1024];
+        let mut sink = vec![0u8; 1024];
         let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut sink)).await;
         return;
     }
