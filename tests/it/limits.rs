@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use serde_json::json;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -75,7 +77,10 @@ async fn user_quota_is_shared_across_connections() {
     });
     let mut a1 = s.join("alice", "lobby").await;
     let mut a2 = s.join("alice", "lobby").await;
-    say(&mut a1, "one").await;
+    // "one" is processed (acked) before a2 sends, so the order of the quota's use is fixed:
+    // two connections' frames are otherwise read in whatever order the server gets to them.
+    send_json(&mut a1, json!({"type":"message","text":"one","id":"1"})).await;
+    assert_eq!(recv_json(&mut a1).await["type"], "ack");
     say(&mut a2, "two").await;
     say(&mut a2, "three").await;
     // a2 hears a1's "one", then is refused for "three": the user's burst of 2 is spent.
