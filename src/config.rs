@@ -64,6 +64,7 @@ pub struct Config {
     pub sanitize: SanitizeConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub history: HistoryConfig,
     /// Directory of the config file: relative paths in it are resolved from here, so the
     /// server behaves the same whatever directory it is started from.
     #[serde(skip)]
@@ -196,6 +197,37 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
+/// Where a room's messages are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStore {
+    /// Nothing kept: a relay. A room still has an epoch and a seq.
+    Off,
+    /// The last `max_messages_per_room` of each room, in this process only (lost on restart,
+    /// which gives the room a new epoch).
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub store: HistoryStore,
+    /// Messages kept per room; older ones are dropped.
+    pub max_messages_per_room: usize,
+    /// Messages sent after the welcome to a client that joins without resuming.
+    pub on_join: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            store: HistoryStore::Off,
+            max_messages_per_room: 1000,
+            on_join: 50,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -208,6 +240,7 @@ impl Default for Config {
             sanitize: SanitizeConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            history: HistoryConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -480,6 +513,7 @@ impl Config {
                 "sanitize" => check_keys::<SanitizeConfig>,
                 "log" => check_keys::<LogConfig>,
                 "metrics" => check_keys::<MetricsConfig>,
+                "history" => check_keys::<HistoryConfig>,
                 _ => {
                     problems.push(Problem {
                         key: section.clone(),
@@ -688,6 +722,20 @@ impl Config {
             bad(
                 "limits.outbound_queue_bytes",
                 "must hold at least 8 messages of limits.max_message_bytes after escaping".into(),
+            );
+        }
+
+        let h = &self.history;
+        if !(1..=1_000_000).contains(&h.max_messages_per_room) {
+            bad(
+                "history.max_messages_per_room",
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if h.on_join > 1000 || h.on_join > h.max_messages_per_room {
+            bad(
+                "history.on_join",
+                "must be at most 1000 and at most history.max_messages_per_room".into(),
             );
         }
 

@@ -1,8 +1,9 @@
 //! The chat engine: what a member can do in a room, whoever asks. A WebSocket session calls it
 //! today; the HTTP API will call the same functions, so every rule is one piece of code.
 //!
-//! - [`Engine::join`] takes the place the gate reserved, queues the welcome as the member's
-//!   first frame and adds it to the room (backlog and presence will start here).
+//! - [`Engine::join`] takes the place the gate reserved and, under the room's lock, queues the
+//!   welcome and the backlog (what a resuming client missed, or the last messages) before the
+//!   member is added, so nothing is lost or shown twice (presence will start here).
 //! - [`Engine::post`] is one message's path: length -> sanitise -> append to the room's log
 //!   (which assigns `seq`) and fan out, in one step under the room's lock.
 //! - Leaving is dropping the [`Member`].
@@ -19,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerFrame, WelcomeLimits};
 use crate::room::{next_conn_id, Membership, Outbox, Outgoing, Reservation, Rooms};
 use crate::sanitize::Sanitizer;
-use crate::store::EventKind;
+use crate::store::{Event, EventKind};
 
 /// The shared state of the chat, built once from the config.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct Engine {
     welcome_limits: WelcomeLimits,
     /// Echo mode (conformance tests) speaks no protocol of ours: no welcome.
     echo: bool,
+    /// Messages replayed to a client that joins without resuming.
+    on_join: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -70,6 +73,48 @@ impl Rejection {
     }
 }
 
+/// A client's request to resume: the room's epoch it knew, and the last seq it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub since: u64,
+    pub epoch: String,
+}
+
+/// Stored events as the message frames a client receives, live or replayed alike.
+fn encode_all(room: &str, events: Vec<Event>) -> Vec<Message> {
+    events
+        .iter()
+        .map(|e| {
+            let EventKind::Message { from, text } = &e.kind;
+            Message::text(
+                ServerFrame::Message {
+                    room,
+                    from,
+                    text,
+                    seq: e.seq,
+                    ts: e.ts,
+                }
+                .to_json(),
+            )
+        })
+        .collect()
+}
+
+/// The newest of `frames` (oldest first) whose total size is within `budget`.
+fn newest_within(mut frames: Vec<Message>, budget: usize) -> Vec<Message> {
+    let mut used = 0;
+    let keep = frames
+        .iter()
+        .rev()
+        .take_while(|f| {
+            used += f.len();
+            used <= budget
+        })
+        .count();
+    frames.drain(..frames.len() - keep);
+    frames
+}
+
 /// A message that was stored and delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Posted {
@@ -91,27 +136,66 @@ impl Engine {
                 burst: config.limits.burst,
             },
             echo: config.server.echo_mode,
+            on_join: config.history.on_join,
             metrics,
         }
     }
 
-    /// Enter the reserved room: the welcome is queued first, so it is the first frame the
-    /// member reads even if the room is busy. Returns the member and its outbox's receiver.
+    /// Enter the reserved room. Under the room's lock, so no live message slips between them
+    /// or is shown twice: the welcome (with the room's epoch and top seq), then the backlog,
+    /// then the member is added and live messages follow. The backlog is what the client
+    /// missed when it resumes with the room's epoch and a seq still retained
+    /// (`recovered: true`), else the last `history.on_join` messages. Returns the member and
+    /// its outbox's receiver.
     pub fn join(
         &self,
         reservation: Reservation,
         identity: Identity,
+        resume: Option<Resume>,
     ) -> (Member, mpsc::Receiver<Outgoing>) {
         let (outbox, rx) = Outbox::new(self.outbound_queue_bytes);
-        if !self.echo {
-            let welcome = ServerFrame::Welcome {
-                user: &identity.user,
-                room: &reservation.room().name,
-                limits: &self.welcome_limits,
-            };
-            outbox.push(Message::text(welcome.to_json()));
-        }
-        let membership = self.rooms.join(reservation, next_conn_id(), outbox.clone());
+        let room_name = reservation.room().name.clone();
+        let echo = self.echo;
+        let on_join = self.on_join;
+        // The backlog may not fill the outbox: a member must be able to take live messages.
+        let budget = self.outbound_queue_bytes / 2;
+        let membership = self.rooms.join(
+            reservation,
+            next_conn_id(),
+            outbox.clone(),
+            |log, outbox| {
+                if echo {
+                    return;
+                }
+                let top = log.top();
+                let missed = resume.as_ref().and_then(|r| {
+                    let retained = r.since == top || log.oldest().is_some_and(|o| o <= r.since + 1);
+                    (r.epoch == log.epoch() && r.since <= top && retained)
+                        .then(|| encode_all(&room_name, log.range(r.since, usize::MAX)))
+                        .filter(|frames| frames.iter().map(Message::len).sum::<usize>() <= budget)
+                });
+                let recovered = resume.as_ref().map(|_| missed.is_some());
+                let backlog = missed.unwrap_or_else(|| {
+                    let recent = encode_all(
+                        &room_name,
+                        log.range(top.saturating_sub(on_join as u64), on_join),
+                    );
+                    newest_within(recent, budget)
+                });
+                let welcome = ServerFrame::Welcome {
+                    user: &identity.user,
+                    room: &room_name,
+                    limits: &self.welcome_limits,
+                    epoch: log.epoch(),
+                    seq: top,
+                    recovered,
+                };
+                outbox.push(Message::text(welcome.to_json()));
+                for frame in backlog {
+                    outbox.push(frame);
+                }
+            },
+        );
         let member = Member {
             identity,
             membership,

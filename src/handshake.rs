@@ -16,6 +16,7 @@ use hyper::header::{
 use hyper::{Method, Request, StatusCode, Version};
 
 use crate::auth::{self, Identity};
+use crate::engine::Resume;
 use crate::headers;
 use crate::limits::CapSlot;
 use crate::origin;
@@ -89,6 +90,8 @@ pub struct Admitted {
     pub user_slot: CapSlot<String>,
     /// The place in the room, taken by the engine's join once the upgrade is done.
     pub reservation: Reservation,
+    /// `?since=SEQ&epoch=E`: the client asks for what it missed.
+    pub resume: Option<Resume>,
     /// `Sec-WebSocket-Accept` for the 101.
     pub accept_key: String,
     /// Whether the client offered our subprotocol, which the 101 must then name.
@@ -127,6 +130,7 @@ pub fn gate<B>(
         .filter(|k| k.len() == 24)
         .ok_or(Refusal::Malformed("missing or bad Sec-WebSocket-Key"))?;
 
+    let resume = parse_resume(req.uri().query()).map_err(Refusal::Malformed)?;
     let identity = identify(shared, req, room)?;
 
     let user_slot = shared
@@ -145,6 +149,7 @@ pub fn gate<B>(
         identity,
         user_slot,
         reservation,
+        resume,
         accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
         subprotocol,
     })
@@ -188,4 +193,79 @@ pub fn check<B>(
         .check_handshake(peer.ip())
         .map_err(Refusal::Rate)?;
     identify(shared, req, room).map(|_| ())
+}
+
+/// `since` and `epoch` from the upgrade's query. `since` must be a whole number of digits that
+/// fits in a u64 (not `-1`, `1.5`, `abc`, empty, or given twice); without `since` there is no
+/// resume. A missing `epoch` can never match, so such a resume gets `recovered: false`.
+pub fn parse_resume(query: Option<&str>) -> Result<Option<Resume>, &'static str> {
+    let mut since = None;
+    let mut epoch = None;
+    for (key, value) in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+    {
+        match key {
+            "since" => {
+                if since.is_some() {
+                    return Err("since given twice");
+                }
+                let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+                since = Some(
+                    value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| ok)
+                        .ok_or("since must be a non-negative whole number")?,
+                );
+            }
+            "epoch" => {
+                if epoch.is_some() || value.len() > 64 {
+                    return Err("epoch given twice or longer than 64 characters");
+                }
+                epoch = Some(value.to_string());
+            }
+            _ => {}
+        }
+    }
+    Ok(since.map(|since| Resume {
+        since,
+        epoch: epoch.unwrap_or_default(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_must_be_a_whole_number_that_fits() {
+        let r = parse_resume(Some("token=x&since=5&epoch=ab12"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.since, r.epoch.as_str()), (5, "ab12"));
+        assert_eq!(parse_resume(Some("token=x")).unwrap(), None);
+        assert_eq!(parse_resume(None).unwrap(), None);
+        assert_eq!(parse_resume(Some("since=0")).unwrap().unwrap().epoch, "");
+        for bad in [
+            "since=abc",
+            "since=-1",
+            "since=1.5",
+            "since=",
+            "since",
+            "since=+1",
+            "since=18446744073709551616",
+            "since=1&since=2",
+        ] {
+            assert!(parse_resume(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_resume(Some("since=18446744073709551615"))
+                .unwrap()
+                .unwrap()
+                .since,
+            u64::MAX
+        );
+    }
 }

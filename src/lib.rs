@@ -138,8 +138,12 @@ pub async fn run(
     let metrics_listener = metrics::bind(config.metrics.listen.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Arc::new(metrics::Metrics::new());
-    // No history yet: the log keeps only each room's seq, as the relay always has.
-    let store: Arc<dyn store::Store> = Arc::new(store::MemoryStore { retain: 0 });
+    let retain = match config.history.store {
+        // A relay: each room keeps only its epoch and seq.
+        config::HistoryStore::Off => 0,
+        config::HistoryStore::Memory => config.history.max_messages_per_room,
+    };
+    let store: Arc<dyn store::Store> = Arc::new(store::MemoryStore { retain });
     let rooms = room::Rooms::new(&config.rooms, store)?;
     let shared = Arc::new(Shared {
         origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),

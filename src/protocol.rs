@@ -40,6 +40,12 @@ pub enum ServerFrame<'a> {
         user: &'a str,
         room: &'a str,
         limits: &'a WelcomeLimits,
+        /// The room's epoch and its last seq when this welcome was built.
+        epoch: &'a str,
+        seq: u64,
+        /// Only when the client asked to resume: whether exactly what it missed follows.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     Message {
         room: &'a str,

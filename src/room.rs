@@ -273,12 +273,15 @@ impl Rooms {
     }
 
     /// Take a reserved place: the connection `id` receives the room's messages through
-    /// `outbox` until the returned guard is dropped.
+    /// `outbox` until the returned guard is dropped. `first` runs under the room's lock just
+    /// before the connection is added, with the room's log: what it queues (the welcome, the
+    /// backlog) comes before any live message, and no message is both in it and live.
     pub fn join(
         &self,
         mut reservation: Reservation,
         id: ConnId,
         outbox: Arc<Outbox>,
+        first: impl FnOnce(&dyn RoomLog, &Outbox),
     ) -> Membership {
         let room = reservation
             .room
@@ -286,6 +289,7 @@ impl Rooms {
             .expect("a reservation is taken once");
         {
             let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
+            first(st.log.as_ref(), &outbox);
             st.reserved -= 1;
             st.members.insert(id, outbox);
         }
@@ -387,7 +391,7 @@ mod tests {
         id: ConnId,
         outbox: Arc<Outbox>,
     ) -> Result<Membership, JoinError> {
-        Ok(rooms.join(rooms.reserve(name)?, id, outbox))
+        Ok(rooms.join(rooms.reserve(name)?, id, outbox, |_, _| {}))
     }
 
     fn say(m: &Membership, text: &str) -> Fanout {

@@ -124,11 +124,12 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     let Admitted {
         identity,
         reservation,
+        resume,
         // Held for as long as the session lives: it counts the connection against its user.
         user_slot: _user_slot,
         ..
     } = admitted;
-    let (member, rx) = shared.engine.join(reservation, identity);
+    let (member, rx) = shared.engine.join(reservation, identity, resume);
     let room = member.membership.room.clone();
     let user = member.identity.user.clone();
     info!(%peer, user = %user, room = %room.name, "connection opened");

@@ -42,6 +42,12 @@ pub trait RoomLog: Send + std::fmt::Debug {
     fn append(&mut self, ts: u64, kind: EventKind) -> Result<Event, StoreError>;
     /// The seq of the last event (0 for an empty room).
     fn top(&self) -> u64;
+    /// The room's epoch: it names this sequence of seqs. A store that loses a room's events
+    /// (a restart of the memory store, a deleted file) gives the room a new one, so a client
+    /// that resumes with the old epoch learns that its view is stale.
+    fn epoch(&self) -> &str;
+    /// The seq of the oldest retained event, if any.
+    fn oldest(&self) -> Option<u64>;
     /// Retained events with `after < seq`, oldest first, at most `limit`.
     fn range(&self, after: u64, limit: usize) -> Vec<Event>;
 }
@@ -59,7 +65,10 @@ pub struct MemoryStore {
 
 impl Store for MemoryStore {
     fn open(&self, room: &str) -> Result<Box<dyn RoomLog>, StoreError> {
+        let mut bytes = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| StoreError("no randomness".into()))?;
         Ok(Box::new(MemoryLog {
+            epoch: bytes.iter().map(|b| format!("{b:02x}")).collect(),
             room: room.into(),
             top: 0,
             retain: self.retain,
@@ -70,6 +79,7 @@ impl Store for MemoryStore {
 
 #[derive(Debug)]
 struct MemoryLog {
+    epoch: String,
     room: Arc<str>,
     top: u64,
     retain: usize,
@@ -96,6 +106,14 @@ impl RoomLog for MemoryLog {
 
     fn top(&self) -> u64 {
         self.top
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.events.front().map(|e| e.seq)
     }
 
     fn range(&self, after: u64, limit: usize) -> Vec<Event> {
@@ -132,6 +150,14 @@ mod tests {
         assert_eq!(seqs, [2, 3]);
         assert_eq!(log.range(2, 10)[0].kind, msg("c"));
         assert!(log.range(3, 10).is_empty());
+        assert_eq!(log.oldest(), Some(2));
+        assert_eq!(log.epoch().len(), 16);
+        let other = MemoryStore { retain: 2 }.open("lobby").unwrap();
+        assert_ne!(
+            other.epoch(),
+            log.epoch(),
+            "a reopened room gets a new epoch"
+        );
     }
 
     #[test]

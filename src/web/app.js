@@ -11,6 +11,8 @@ let attempt = 0;        // reconnects since the last good connection
 let wanted = null;      // {token, room} while the user wants to be connected
 let timer = null;
 let me = null;          // our user name, from the welcome
+let epoch = null;       // the room's epoch and the last seq shown, to resume after a reconnect
+let lastSeq = 0;
 let pendingIds = new Set(); // ids of our messages not acked yet
 
 function status(text, live) {
@@ -64,7 +66,10 @@ function connect() {
   clearTimeout(timer);
   const { token, room } = wanted;
   status(`connecting to ${room}…`);
-  const sock = new WebSocket(`wss://${location.host}/rooms/${encodeURIComponent(room)}`,
+  // Resume where the view stopped: the server replays exactly what was missed, or says it
+  // cannot (recovered: false) and the view starts again.
+  const resume = epoch ? `?since=${lastSeq}&epoch=${encodeURIComponent(epoch)}` : '';
+  const sock = new WebSocket(`wss://${location.host}/rooms/${encodeURIComponent(room)}${resume}`,
     ['wss-chat.v1', `bearer.${token}`]);
   ws = sock;
   let welcomed = false;
@@ -75,17 +80,27 @@ function connect() {
       case 'welcome':
         welcomed = true;
         me = m.user;
+        if (m.recovered === false || (epoch !== null && m.epoch !== epoch)) {
+          // What we show may not match the room any more: start the view again.
+          for (const li of [...document.querySelectorAll('#messages li:not(.notice)')]) li.remove();
+          if (epoch !== null) notice('The room\'s history could not be resumed; showing it afresh.');
+          lastSeq = 0;
+        }
+        epoch = m.epoch;
         attempt = 0; // a good connection resets the backoff
         showError('');
         status(`connected as ${m.user} in ${m.room}`, true);
         setSending(true);
         break;
       case 'message':
-        add('', m.from, m.ts, m.text);
+        if (m.seq <= lastSeq) break; // already shown
+        lastSeq = m.seq;
+        add(m.from === me ? 'mine' : '', m.from, m.ts, m.text);
         break;
       case 'ack':
         // Shown as the others saw it: our name and the server's sanitised text, never what
         // was typed (the server may have removed markup or hidden characters from it).
+        if (m.seq > lastSeq) lastSeq = m.seq;
         if (pendingIds.delete(m.id)) add('mine', me, Date.now(), m.text);
         break;
       case 'error':
@@ -148,6 +163,10 @@ document.addEventListener('DOMContentLoaded', () => {
   $('join').addEventListener('submit', (e) => {
     e.preventDefault();
     wanted = { token: $('token').value.trim(), room: $('room').value.trim() };
+    // A new connection from the form starts a new view.
+    epoch = null;
+    lastSeq = 0;
+    for (const li of [...document.querySelectorAll('#messages li')]) li.remove();
     attempt = 0;
     if (ws) { const old = ws; ws = null; old.close(1000); }
     connect();

@@ -11,6 +11,7 @@ mod first_minutes;
 mod frames;
 mod fuzz_corpus;
 mod handshake;
+mod history;
 mod limits;
 mod operator;
 mod resilience;

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
-pub use wss_chat::config::{Config, LogFormat, SanitizeMode, StaticUser, TlsProfile};
+pub use wss_chat::config::{Config, HistoryStore, LogFormat, SanitizeMode, StaticUser, TlsProfile};
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
