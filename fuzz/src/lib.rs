@@ -346,7 +346,10 @@ pub fn upgrade_path(data: &[u8]) {
     // A resume's since is digits of the query that fit a u64; a refused one changes nothing.
     if let Ok(Some(r)) = wss_chat::handshake::parse_resume(uri.query()) {
         let q = uri.query().expect("a resume comes from the query");
-        assert!(q.contains(&format!("since={}", r.since)) || q.contains("since=0"), "{q:?}");
+        assert!(
+            q.contains(&format!("since={}", r.since)) || q.contains("since=0"),
+            "{q:?}"
+        );
         assert!(r.epoch.len() <= 64);
     }
     if let Some(t) = auth::find_token(&HeaderMap::new(), uri.query(), true) {
