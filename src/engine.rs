@@ -6,6 +6,7 @@
 //!   member is added, so nothing is lost or shown twice (presence will start here).
 //! - [`Engine::post`] is one message's path: length -> sanitise -> append to the room's log
 //!   (which assigns `seq`) and fan out, in one step under the room's lock.
+//! - [`Engine::history`] pages the room's retained messages.
 //! - Leaving is dropping the [`Member`].
 
 use std::sync::Arc;
@@ -72,6 +73,10 @@ impl Rejection {
         }
     }
 }
+
+/// Messages in a history page unless the client asks for fewer, and the most it may ask for.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 100;
 
 /// A client's request to resume: the room's epoch it knew, and the last seq it saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +207,50 @@ impl Engine {
             outbox,
         };
         (member, rx)
+    }
+
+    /// A page of the member's room: the newest `limit` (default 50, at most 100) retained
+    /// messages with seq < `before` (default: all), oldest first, as the JSON frame to send,
+    /// or `None` when `before` or `limit` is not a positive whole number (0 allowed for
+    /// `before`).
+    pub fn history(
+        &self,
+        member: &Member,
+        id: Option<&str>,
+        before: &serde_json::Value,
+        limit: &serde_json::Value,
+    ) -> Option<String> {
+        let before = match before {
+            serde_json::Value::Null => u64::MAX,
+            v => v.as_u64()?,
+        };
+        let limit = match limit {
+            serde_json::Value::Null => DEFAULT_PAGE,
+            v => v.as_u64().filter(|&n| n > 0)?.min(MAX_PAGE as u64) as usize,
+        };
+        let room = &member.membership.room;
+        let (events, has_more) = room.with_log(|log| log.page(before, limit));
+        let messages = events
+            .iter()
+            .map(|e| {
+                let EventKind::Message { from, text } = &e.kind;
+                ServerFrame::Message {
+                    room: &room.name,
+                    from,
+                    text,
+                    seq: e.seq,
+                    ts: e.ts,
+                }
+            })
+            .collect();
+        Some(
+            ServerFrame::History {
+                id,
+                messages,
+                has_more,
+            }
+            .to_json(),
+        )
     }
 
     /// One message from `member`: checked, sanitised, stored and delivered to the others.

@@ -21,7 +21,28 @@ pub const MAX_ROOM_NAME: usize = 64;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    Message { text: String, id: Option<String> },
+    Message {
+        text: String,
+        id: Option<String>,
+    },
+    /// A page of older messages. `before` and `limit` are checked by the engine (any JSON is
+    /// accepted here, so a bad value is answered with the request's id).
+    History {
+        id: Option<String>,
+        #[serde(default)]
+        before: serde_json::Value,
+        #[serde(default)]
+        limit: serde_json::Value,
+    },
+}
+
+impl ClientFrame {
+    /// The client's id for this frame, echoed in its answer.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ClientFrame::Message { id, .. } | ClientFrame::History { id, .. } => id.as_deref(),
+        }
+    }
 }
 
 /// The limits a client is told about in its welcome, so it can pace itself.
@@ -56,6 +77,14 @@ pub enum ServerFrame<'a> {
     },
     /// The message with this id was delivered; `text` is what the others received (the
     /// sanitised text), so the sender shows the same and never its raw input.
+    /// A page of stored messages, oldest first, each a message frame; `has_more` when older
+    /// ones are retained.
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        messages: Vec<ServerFrame<'a>>,
+        has_more: bool,
+    },
     Ack {
         id: &'a str,
         seq: u64,
@@ -177,7 +206,9 @@ mod tests {
     fn forged_from_is_ignored_and_unknown_type_rejected() {
         let f: ClientFrame =
             serde_json::from_str(r#"{"type":"message","text":"hi","from":"admin"}"#).unwrap();
-        let ClientFrame::Message { text, id } = f;
+        let ClientFrame::Message { text, id } = f else {
+            panic!("a message frame")
+        };
         assert_eq!(text, "hi");
         assert_eq!(id, None);
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"join","room":"x"}"#).is_err());

@@ -173,6 +173,12 @@ impl Room {
         Ok(out)
     }
 
+    /// Read the room's log (history pages), under the room's lock.
+    pub fn with_log<T>(&self, read: impl FnOnce(&dyn RoomLog) -> T) -> T {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        read(st.log.as_ref())
+    }
+
     pub fn member_count(&self) -> usize {
         self.state
             .lock()

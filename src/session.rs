@@ -371,10 +371,7 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
         // Parse before the rate check so a refusal can carry the client's id, but charge the
         // rate for every frame, well-formed or not.
         let parsed = serde_json::from_str::<ClientFrame>(&text);
-        let id = parsed
-            .as_ref()
-            .ok()
-            .and_then(|ClientFrame::Message { id, .. }| id.as_deref());
+        let id = parsed.as_ref().ok().and_then(ClientFrame::id);
         shared.metrics.messages_received.inc();
         let reply_error = |code: ErrorCode, message: &str, retry: Option<Duration>| {
             shared.metrics.dropped(code.as_str());
@@ -397,6 +394,23 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
                 continue;
             }
             Err(ending) => return Served::Close(ending),
+        }
+        if let Ok(ClientFrame::History { before, limit, .. }) = &parsed {
+            if id.is_some_and(|i| i.chars().count() > MAX_ID_CHARS) {
+                reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
+                continue;
+            }
+            match shared.engine.history(member, id, before, limit) {
+                Some(page) => {
+                    outbox.push(Message::text(page));
+                }
+                None => reply_error(
+                    ErrorCode::BadRequest,
+                    "before and limit must be whole numbers (limit at least 1)",
+                    None,
+                ),
+            }
+            continue;
         }
         let Ok(ClientFrame::Message { text: body, id: _ }) = &parsed else {
             reply_error(

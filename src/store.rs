@@ -50,6 +50,9 @@ pub trait RoomLog: Send + std::fmt::Debug {
     fn oldest(&self) -> Option<u64>;
     /// Retained events with `after < seq`, oldest first, at most `limit`.
     fn range(&self, after: u64, limit: usize) -> Vec<Event>;
+    /// The newest `limit` retained events with `seq < before`, oldest first, and whether
+    /// older ones are retained.
+    fn page(&self, before: u64, limit: usize) -> (Vec<Event>, bool);
 }
 
 /// Opens the log of a room by name.
@@ -108,6 +111,13 @@ impl RoomLog for MemoryLog {
         self.top
     }
 
+    fn page(&self, before: u64, limit: usize) -> (Vec<Event>, bool) {
+        let older = self.events.iter().filter(|e| e.seq < before).count();
+        let skip = older.saturating_sub(limit);
+        let page = self.events.iter().take(older).skip(skip).cloned().collect();
+        (page, skip > 0)
+    }
+
     fn epoch(&self) -> &str {
         &self.epoch
     }
@@ -151,6 +161,16 @@ mod tests {
         assert_eq!(log.range(2, 10)[0].kind, msg("c"));
         assert!(log.range(3, 10).is_empty());
         assert_eq!(log.oldest(), Some(2));
+        let (page, more) = log.page(4, 1);
+        assert_eq!(
+            (page.iter().map(|e| e.seq).collect::<Vec<_>>(), more),
+            (vec![3], true)
+        );
+        let (page, more) = log.page(3, 5);
+        assert_eq!(
+            (page.iter().map(|e| e.seq).collect::<Vec<_>>(), more),
+            (vec![2], false)
+        );
         assert_eq!(log.epoch().len(), 16);
         let other = MemoryStore { retain: 2 }.open("lobby").unwrap();
         assert_ne!(

@@ -89,7 +89,9 @@ pub fn client_frame(data: &[u8]) {
     let Ok(frame) = serde_json::from_slice::<ClientFrame>(data) else {
         return;
     };
-    let ClientFrame::Message { text, id } = frame;
+    let ClientFrame::Message { text, id } = frame else {
+        return;
+    };
     let Some(clean) = STRIP.with(|s| s.clean(&text)) else {
         return;
     };

@@ -171,3 +171,81 @@ async fn with_history_off_the_welcome_has_epoch_and_seq_and_no_backlog() {
     assert!(!welcome["epoch"].as_str().unwrap().is_empty());
     expect_nothing_more(&s, &mut bob, "lobby").await;
 }
+
+/// Ask for a page and return its seqs and has_more.
+async fn page(ws: &mut Ws, request: Value) -> (Vec<u64>, bool) {
+    send_json(ws, request).await;
+    let p = recv_json(ws).await;
+    assert_eq!(
+        (p["type"].as_str(), p["id"].as_str()),
+        (Some("history"), Some("h")),
+        "{p}"
+    );
+    let seqs = p["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(
+                (m["type"].as_str(), m["room"].as_str()),
+                (Some("message"), Some("lobby"))
+            );
+            m["seq"].as_u64().unwrap()
+        })
+        .collect();
+    (seqs, p["has_more"].as_bool().unwrap())
+}
+
+#[tokio::test]
+async fn history_pages_go_back_to_the_oldest_retained_and_refuse_bad_values() {
+    let s = Server::start_with(|c| {
+        memory(c);
+        c.history.max_messages_per_room = 8;
+        c.history.on_join = 8;
+    });
+    let mut alice = s.join("alice", "lobby").await;
+    post(&mut alice, "m", 10).await; // retained: 3..=10
+    let (mut bob, _) = join_with(&s, "bob", "").await.unwrap();
+    seqs_of(&mut bob, 8).await; // the backlog
+    let h = |before: Value, limit: Value| json!({"type":"history","id":"h","before":before,"limit":limit});
+    assert_eq!(
+        page(&mut bob, h(Value::Null, json!(3))).await,
+        (vec![8, 9, 10], true)
+    );
+    assert_eq!(
+        page(&mut bob, h(json!(8), json!(3))).await,
+        (vec![5, 6, 7], true)
+    );
+    assert_eq!(
+        page(&mut bob, h(json!(5), json!(3))).await,
+        (vec![3, 4], false)
+    );
+    assert_eq!(page(&mut bob, h(json!(1), json!(3))).await, (vec![], false));
+    // Defaults: everything retained (up to 50), and a limit over 100 is clamped, not refused.
+    let all: Vec<u64> = (3..=10).collect();
+    assert_eq!(
+        page(&mut bob, json!({"type":"history","id":"h"})).await,
+        (all.clone(), false)
+    );
+    assert_eq!(
+        page(&mut bob, h(Value::Null, json!(500))).await,
+        (all, false)
+    );
+    for (before, limit) in [
+        (json!("x"), Value::Null),
+        (json!(1.5), Value::Null),
+        (json!(-1), Value::Null),
+        (Value::Null, json!(0)),
+        (Value::Null, json!(-3)),
+        (Value::Null, json!("ten")),
+    ] {
+        send_json(&mut bob, h(before.clone(), limit.clone())).await;
+        let e = recv_json(&mut bob).await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["id"].as_str()),
+            (Some("error"), Some("bad_request"), Some("h")),
+            "before {before} limit {limit}: {e}"
+        );
+    }
+    expect_nothing_more(&s, &mut bob, "lobby").await;
+}
