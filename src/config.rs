@@ -216,6 +216,9 @@ pub struct HistoryConfig {
     pub max_messages_per_room: usize,
     /// Messages sent after the welcome to a client that joins without resuming.
     pub on_join: usize,
+    /// A message id a user sends again in a room within this many seconds gets the original
+    /// ack and is not delivered twice (while the original is retained).
+    pub dedup_window_s: u64,
 }
 
 impl Default for HistoryConfig {
@@ -224,6 +227,7 @@ impl Default for HistoryConfig {
             store: HistoryStore::Off,
             max_messages_per_room: 1000,
             on_join: 50,
+            dedup_window_s: 600,
         }
     }
 }
@@ -730,6 +734,12 @@ impl Config {
             bad(
                 "history.max_messages_per_room",
                 "must be between 1 and 1000000".into(),
+            );
+        }
+        if !(1..=86_400).contains(&h.dedup_window_s) {
+            bad(
+                "history.dedup_window_s",
+                "must be between 1 and 86400".into(),
             );
         }
         if h.on_join > 1000 || h.on_join > h.max_messages_per_room {

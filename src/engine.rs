@@ -19,7 +19,7 @@ use crate::auth::Identity;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerFrame, WelcomeLimits};
-use crate::room::{next_conn_id, Membership, Outbox, Outgoing, Reservation, Rooms};
+use crate::room::{next_conn_id, Membership, Outbox, Outgoing, Published, Reservation, Rooms};
 use crate::sanitize::Sanitizer;
 use crate::store::{Event, EventKind};
 
@@ -36,6 +36,8 @@ pub struct Engine {
     echo: bool,
     /// Messages replayed to a client that joins without resuming.
     on_join: usize,
+    /// How long a message id is remembered for idempotent resends.
+    dedup_window_ms: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -90,7 +92,7 @@ fn encode_all(room: &str, events: Vec<Event>) -> Vec<Message> {
     events
         .iter()
         .map(|e| {
-            let EventKind::Message { from, text } = &e.kind;
+            let EventKind::Message { from, text, .. } = &e.kind;
             Message::text(
                 ServerFrame::Message {
                     room,
@@ -142,6 +144,7 @@ impl Engine {
             },
             echo: config.server.echo_mode,
             on_join: config.history.on_join,
+            dedup_window_ms: config.history.dedup_window_s.saturating_mul(1000),
             metrics,
         }
     }
@@ -233,7 +236,7 @@ impl Engine {
         let messages = events
             .iter()
             .map(|e| {
-                let EventKind::Message { from, text } = &e.kind;
+                let EventKind::Message { from, text, .. } = &e.kind;
                 ServerFrame::Message {
                     room: &room.name,
                     from,
@@ -254,7 +257,10 @@ impl Engine {
     }
 
     /// One message from `member`: checked, sanitised, stored and delivered to the others.
-    pub fn post(&self, member: &Member, text: &str) -> Result<Posted, Rejection> {
+    /// A message that carries an `id` this user already used in this room within
+    /// `history.dedup_window_s` is not stored or delivered again: the original's seq and text
+    /// come back, from any of the user's connections.
+    pub fn post(&self, member: &Member, text: &str, id: Option<&str>) -> Result<Posted, Rejection> {
         if text.len() > self.max_message_bytes {
             return Err(Rejection::TooLong);
         }
@@ -262,12 +268,15 @@ impl Engine {
         let room = &member.membership.room;
         let from = member.identity.user.as_str();
         let started = Instant::now();
+        let now = now_ms();
         let kind = EventKind::Message {
             from: from.to_string(),
             text: clean.clone(),
+            id: id.map(str::to_string),
         };
-        let fanout = room
-            .publish(member.membership.id, now_ms(), kind, |event| {
+        let resend = id.map(|id| (from, id, now.saturating_sub(self.dedup_window_ms)));
+        let published = room
+            .publish(member.membership.id, now, kind, resend, |event| {
                 Message::text(
                     ServerFrame::Message {
                         room: &room.name,
@@ -280,6 +289,16 @@ impl Engine {
                 )
             })
             .map_err(|_| Rejection::Unavailable)?;
+        let fanout = match published {
+            Published::New(fanout) => fanout,
+            Published::Again(original) => {
+                let EventKind::Message { text, .. } = original.kind;
+                return Ok(Posted {
+                    seq: original.seq,
+                    text,
+                });
+            }
+        };
         let m = &self.metrics;
         m.fanout_seconds.observe(started.elapsed().as_secs_f64());
         m.messages_delivered.inc_by(fanout.queued);

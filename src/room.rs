@@ -126,7 +126,16 @@ impl RoomState {
     }
 }
 
-/// What one `publish` did.
+/// What [`Room::publish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored and delivered.
+    New(Fanout),
+    /// The same message was stored before: this is it; nothing was delivered.
+    Again(Event),
+}
+
+/// What one delivering `publish` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
     pub seq: u64,
@@ -146,14 +155,23 @@ impl Room {
     /// Append an event to the room's log and deliver it to every member but `from`. `encode`
     /// gets the stored event (with its `seq`) and returns the frame, built once and shared by
     /// all recipients. A log that refuses the event delivers it to nobody.
+    /// With `resend` = (sender, client id, oldest ts in the dedup window), a message already
+    /// stored under that id is returned as [`Published::Again`] and delivered to nobody; the
+    /// check and the append are one step, so two copies sent at once store one.
     pub fn publish(
         &self,
         from: ConnId,
         ts: u64,
         kind: EventKind,
+        resend: Option<(&str, &str, u64)>,
         encode: impl FnOnce(&Event) -> Message,
-    ) -> Result<Fanout, StoreError> {
+    ) -> Result<Published, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((user, id, since_ts)) = resend {
+            if let Some(original) = st.log.find(user, id, since_ts) {
+                return Ok(Published::Again(original));
+            }
+        }
         let event = st.log.append(ts, kind)?;
         let mut out = Fanout {
             seq: event.seq,
@@ -170,7 +188,7 @@ impl Room {
                 }
             }
         }
-        Ok(out)
+        Ok(Published::New(out))
     }
 
     /// Read the room's log (history pages), under the room's lock.
@@ -404,10 +422,18 @@ mod tests {
         let kind = EventKind::Message {
             from: "alice".into(),
             text: text.into(),
+            id: None,
         };
-        m.room
-            .publish(m.id, 0, kind, |e| Message::text(format!("m{}", e.seq)))
+        match m
+            .room
+            .publish(m.id, 0, kind, None, |e| {
+                Message::text(format!("m{}", e.seq))
+            })
             .unwrap()
+        {
+            Published::New(f) => f,
+            Published::Again(e) => panic!("{e:?}"),
+        }
     }
 
     #[test]

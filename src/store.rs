@@ -7,7 +7,7 @@
 //! in-memory log here keeps the last `retain` events of a room for as long as the room exists
 //! (0 keeps none: today's relay); a durable log (SQLite, Redis) implements the same trait.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// What happened in a room. Messages are the only kind stored today.
@@ -17,6 +17,8 @@ pub enum EventKind {
         from: String,
         /// The sanitised text that was delivered, never the raw input.
         text: String,
+        /// The id the sender gave it, for idempotent resends.
+        id: Option<String>,
     },
 }
 
@@ -50,6 +52,8 @@ pub trait RoomLog: Send + std::fmt::Debug {
     fn oldest(&self) -> Option<u64>;
     /// Retained events with `after < seq`, oldest first, at most `limit`.
     fn range(&self, after: u64, limit: usize) -> Vec<Event>;
+    /// The retained message `from` sent with client id `id`, if it was stored at or after `since_ts`.
+    fn find(&self, from: &str, id: &str, since_ts: u64) -> Option<Event>;
     /// The newest `limit` retained events with `seq < before`, oldest first, and whether
     /// older ones are retained.
     fn page(&self, before: u64, limit: usize) -> (Vec<Event>, bool);
@@ -76,6 +80,7 @@ impl Store for MemoryStore {
             top: 0,
             retain: self.retain,
             events: VecDeque::new(),
+            ids: HashMap::new(),
         }))
     }
 }
@@ -87,6 +92,8 @@ struct MemoryLog {
     top: u64,
     retain: usize,
     events: VecDeque<Event>,
+    /// (sender, client id) -> seq of the retained events that carry an id.
+    ids: HashMap<(String, String), u64>,
 }
 
 impl RoomLog for MemoryLog {
@@ -100,7 +107,18 @@ impl RoomLog for MemoryLog {
         };
         if self.retain > 0 {
             if self.events.len() == self.retain {
-                self.events.pop_front();
+                if let Some(EventKind::Message {
+                    from, id: Some(id), ..
+                }) = self.events.pop_front().map(|e| e.kind)
+                {
+                    self.ids.remove(&(from, id));
+                }
+            }
+            if let EventKind::Message {
+                from, id: Some(id), ..
+            } = &event.kind
+            {
+                self.ids.insert((from.clone(), id.clone()), event.seq);
             }
             self.events.push_back(event.clone());
         }
@@ -109,6 +127,15 @@ impl RoomLog for MemoryLog {
 
     fn top(&self) -> u64 {
         self.top
+    }
+
+    fn find(&self, from: &str, id: &str, since_ts: u64) -> Option<Event> {
+        let seq = *self.ids.get(&(from.to_string(), id.to_string()))?;
+        let first = self.events.front()?.seq;
+        let event = self
+            .events
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        (event.seq == seq && event.ts >= since_ts).then(|| event.clone())
     }
 
     fn page(&self, before: u64, limit: usize) -> (Vec<Event>, bool) {
@@ -144,6 +171,7 @@ mod tests {
         EventKind::Message {
             from: "alice".into(),
             text: t.into(),
+            id: Some(t.into()),
         }
     }
 
@@ -172,6 +200,11 @@ mod tests {
             (vec![2], false)
         );
         assert_eq!(log.epoch().len(), 16);
+        // Ids of retained messages are found; a dropped one's is forgotten.
+        assert_eq!(log.find("alice", "c", 0).map(|e| e.seq), Some(3));
+        assert_eq!(log.find("alice", "c", 8), None, "older than the window");
+        assert_eq!(log.find("bob", "c", 0), None);
+        assert_eq!(log.find("alice", "a", 0), None);
         let other = MemoryStore { retain: 2 }.open("lobby").unwrap();
         assert_ne!(
             other.epoch(),

@@ -249,3 +249,42 @@ async fn history_pages_go_back_to_the_oldest_retained_and_refuse_bad_values() {
     }
     expect_nothing_more(&s, &mut bob, "lobby").await;
 }
+
+#[tokio::test]
+async fn a_resent_id_gets_the_original_ack_and_reaches_nobody_twice() {
+    let s = Server::start_with(memory);
+    let mut alice = s.join("alice", "lobby").await;
+    let mut bob = s.join("bob", "lobby").await;
+    let send = |text: &str| json!({"type":"message","text":text,"id":"r1"});
+    send_json(&mut alice, send("<b>first</b>")).await;
+    let ack = recv_json(&mut alice).await;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["text"].as_str()),
+        (Some(1), Some("first"))
+    );
+    assert_eq!(recv_json(&mut bob).await["seq"], 1);
+    // Again on the same socket, and from a new one (the ack was lost with the old socket):
+    // the original ack, the original text, nothing delivered.
+    send_json(&mut alice, send("changed")).await;
+    assert_eq!(recv_json(&mut alice).await, ack);
+    let mut alice2 = s.join("alice", "lobby").await;
+    assert_eq!(seqs_of(&mut alice2, 1).await, [1], "the backlog");
+    send_json(&mut alice2, send("first")).await;
+    assert_eq!(recv_json(&mut alice2).await, ack);
+    expect_nothing_more(&s, &mut bob, "lobby").await;
+    // The same id from another user, or in another room, is a new message.
+    send_json(&mut bob, send("bob's")).await;
+    let bobs = recv_json(&mut bob).await;
+    assert_eq!(
+        (bobs["type"].as_str(), bobs["seq"].as_u64()),
+        (Some("ack"), Some(3)),
+        "{bobs}"
+    );
+    let mut alice_other = s.join("alice", "other").await;
+    send_json(&mut alice_other, send("elsewhere")).await;
+    let other = recv_json(&mut alice_other).await;
+    assert_eq!(
+        (other["seq"].as_u64(), other["text"].as_str()),
+        (Some(1), Some("elsewhere"))
+    );
+}
