@@ -770,22 +770,15 @@ impl Config {
 
     /// The configured users whose token is one of the published [`DEMO_TOKENS`]: (user, token).
     pub fn demo_users(&self) -> Vec<(&str, &'static str)> {
-        let hex = |t: &str| -> String {
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes())
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
-        let published: Vec<(String, &'static str)> =
-            DEMO_TOKENS.iter().map(|(_, t)| (hex(t), *t)).collect();
+        let digest = |t: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
         self.auth
             .users
             .iter()
             .filter_map(|u| {
-                published
+                let hash = parse_sha256_hex(&u.token_sha256)?;
+                DEMO_TOKENS
                     .iter()
-                    .find(|(h, _)| h.eq_ignore_ascii_case(&u.token_sha256))
+                    .find(|(_, t)| digest(t).as_ref() == hash)
                     .map(|(_, t)| (u.name.as_str(), *t))
             })
             .collect()

@@ -87,23 +87,23 @@ pub struct Resume {
     pub epoch: String,
 }
 
-/// Stored events as the message frames a client receives, live or replayed alike.
+/// The one shape of a message frame, live or replayed alike.
+fn message_frame<'a>(room: &'a str, seq: u64, ts: u64, kind: &'a EventKind) -> ServerFrame<'a> {
+    let EventKind::Message { from, text, .. } = kind;
+    ServerFrame::Message {
+        room,
+        from,
+        text,
+        seq,
+        ts,
+    }
+}
+
+/// Stored events as the frames a client receives.
 fn encode_all(room: &str, events: Vec<Event>) -> Vec<Message> {
     events
         .iter()
-        .map(|e| {
-            let EventKind::Message { from, text, .. } = &e.kind;
-            Message::text(
-                ServerFrame::Message {
-                    room,
-                    from,
-                    text,
-                    seq: e.seq,
-                    ts: e.ts,
-                }
-                .to_json(),
-            )
-        })
+        .map(|e| Message::text(message_frame(room, e.seq, e.ts, &e.kind).to_json()))
         .collect()
 }
 
@@ -235,16 +235,7 @@ impl Engine {
         let (events, has_more) = room.with_log(|log| log.page(before, limit));
         let messages = events
             .iter()
-            .map(|e| {
-                let EventKind::Message { from, text, .. } = &e.kind;
-                ServerFrame::Message {
-                    room: &room.name,
-                    from,
-                    text,
-                    seq: e.seq,
-                    ts: e.ts,
-                }
-            })
+            .map(|e| message_frame(&room.name, e.seq, e.ts, &e.kind))
             .collect();
         Some(
             ServerFrame::History {
@@ -271,22 +262,13 @@ impl Engine {
         let now = now_ms();
         let kind = EventKind::Message {
             from: from.to_string(),
-            text: clean.clone(),
+            text: clean,
             id: id.map(str::to_string),
         };
         let resend = id.map(|id| (from, id, now.saturating_sub(self.dedup_window_ms)));
         let published = room
-            .publish(member.membership.id, now, kind, resend, |event| {
-                Message::text(
-                    ServerFrame::Message {
-                        room: &room.name,
-                        from,
-                        text: &clean,
-                        seq: event.seq,
-                        ts: event.ts,
-                    }
-                    .to_json(),
-                )
+            .publish(member.membership.id, now, &kind, resend, |seq| {
+                Message::text(message_frame(&room.name, seq, now, &kind).to_json())
             })
             .map_err(|_| Rejection::Unavailable)?;
         let fanout = match published {
@@ -305,9 +287,10 @@ impl Engine {
         if fanout.overflowed > 0 {
             m.dropped_by("slow_consumer", fanout.overflowed);
         }
+        let EventKind::Message { text, .. } = kind;
         Ok(Posted {
             seq: fanout.seq,
-            text: clean,
+            text,
         })
     }
 }

@@ -153,7 +153,7 @@ pub struct Room {
 
 impl Room {
     /// Append an event to the room's log and deliver it to every member but `from`. `encode`
-    /// gets the stored event (with its `seq`) and returns the frame, built once and shared by
+    /// gets the event's `seq` and returns the frame, built once and shared by
     /// all recipients. A log that refuses the event delivers it to nobody.
     /// With `resend` = (sender, client id, oldest ts in the dedup window), a message already
     /// stored under that id is returned as [`Published::Again`] and delivered to nobody; the
@@ -162,9 +162,9 @@ impl Room {
         &self,
         from: ConnId,
         ts: u64,
-        kind: EventKind,
+        kind: &EventKind,
         resend: Option<(&str, &str, u64)>,
-        encode: impl FnOnce(&Event) -> Message,
+        encode: impl FnOnce(u64) -> Message,
     ) -> Result<Published, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((user, id, since_ts)) = resend {
@@ -172,13 +172,13 @@ impl Room {
                 return Ok(Published::Again(original));
             }
         }
-        let event = st.log.append(ts, kind)?;
+        let seq = st.log.append(ts, kind)?;
         let mut out = Fanout {
-            seq: event.seq,
+            seq,
             queued: 0,
             overflowed: 0,
         };
-        let msg = encode(&event);
+        let msg = encode(seq);
         for (id, outbox) in &st.members {
             if *id != from {
                 if outbox.push(msg.clone()) {
@@ -426,9 +426,7 @@ mod tests {
         };
         match m
             .room
-            .publish(m.id, 0, kind, None, |e| {
-                Message::text(format!("m{}", e.seq))
-            })
+            .publish(m.id, 0, &kind, None, |seq| Message::text(format!("m{seq}")))
             .unwrap()
         {
             Published::New(f) => f,

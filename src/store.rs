@@ -40,8 +40,9 @@ pub struct StoreError(pub String);
 /// One room's log. Not shared between rooms: a room holds its own, so the log of a room that
 /// is dropped (auto-created and empty) goes with it.
 pub trait RoomLog: Send + std::fmt::Debug {
-    /// Store an event and return it with its `seq`.
-    fn append(&mut self, ts: u64, kind: EventKind) -> Result<Event, StoreError>;
+    /// Store an event and return its `seq`. By reference: a log that keeps nothing (the
+    /// relay) copies nothing on the message path.
+    fn append(&mut self, ts: u64, kind: &EventKind) -> Result<u64, StoreError>;
     /// The seq of the last event (0 for an empty room).
     fn top(&self) -> u64;
     /// The room's epoch: it names this sequence of seqs. A store that loses a room's events
@@ -97,15 +98,15 @@ struct MemoryLog {
 }
 
 impl RoomLog for MemoryLog {
-    fn append(&mut self, ts: u64, kind: EventKind) -> Result<Event, StoreError> {
+    fn append(&mut self, ts: u64, kind: &EventKind) -> Result<u64, StoreError> {
         self.top += 1;
-        let event = Event {
-            room: self.room.clone(),
-            seq: self.top,
-            ts,
-            kind,
-        };
         if self.retain > 0 {
+            let event = Event {
+                room: self.room.clone(),
+                seq: self.top,
+                ts,
+                kind: kind.clone(),
+            };
             if self.events.len() == self.retain {
                 if let Some(EventKind::Message {
                     from, id: Some(id), ..
@@ -120,9 +121,9 @@ impl RoomLog for MemoryLog {
             {
                 self.ids.insert((from.clone(), id.clone()), event.seq);
             }
-            self.events.push_back(event.clone());
+            self.events.push_back(event);
         }
-        Ok(event)
+        Ok(self.top)
     }
 
     fn top(&self) -> u64 {
@@ -180,13 +181,13 @@ mod tests {
         let mut log = MemoryStore { retain: 2 }.open("lobby").unwrap();
         assert_eq!(log.top(), 0);
         for (i, t) in ["a", "b", "c"].iter().enumerate() {
-            let e = log.append(7, msg(t)).unwrap();
-            assert_eq!((e.seq, &*e.room, e.ts), (i as u64 + 1, "lobby", 7));
+            assert_eq!(log.append(7, &msg(t)).unwrap(), i as u64 + 1);
         }
         assert_eq!(log.top(), 3);
         let seqs: Vec<_> = log.range(0, 10).iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [2, 3]);
-        assert_eq!(log.range(2, 10)[0].kind, msg("c"));
+        let c = &log.range(2, 10)[0];
+        assert_eq!((c.kind.clone(), &*c.room, c.ts), (msg("c"), "lobby", 7));
         assert!(log.range(3, 10).is_empty());
         assert_eq!(log.oldest(), Some(2));
         let (page, more) = log.page(4, 1);
@@ -216,7 +217,7 @@ mod tests {
     #[test]
     fn retain_zero_keeps_only_the_seq() {
         let mut log = MemoryStore { retain: 0 }.open("x").unwrap();
-        log.append(0, msg("a")).unwrap();
+        log.append(0, &msg("a")).unwrap();
         assert_eq!(log.top(), 1);
         assert!(log.range(0, 10).is_empty());
     }

@@ -255,6 +255,16 @@ async fn plain_http_to_the_tls_port_is_told_to_use_tls() {
     let _ok = s.join("alice", "lobby").await;
 }
 
+/// scripts/chat.py pointed at `s` with `token`, trusting the test CA.
+fn chat_py(s: &Server, token: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/chat.py"))
+        .args(["--url", &format!("wss://localhost:{}", s.addr.port())])
+        .args(["--token", token, "--origin", ORIGIN, "--ca"])
+        .arg(s.path("ca.pem"));
+    cmd
+}
+
 #[tokio::test]
 async fn the_terminal_client_sends_ids_and_shows_acks_and_errors() {
     let s = Server::start_with(|c| {
@@ -262,13 +272,8 @@ async fn the_terminal_client_sends_ids_and_shows_acks_and_errors() {
         c.limits.burst = 1;
     });
     let mut bob = s.join("bob", "lobby").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/chat.py");
     // Run from elsewhere: nothing in it may depend on the working directory.
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .args(["--url", &format!("wss://localhost:{}", s.addr.port())])
-        .args(["--token", token("alice"), "--origin", ORIGIN, "--ca"])
-        .arg(s.path("ca.pem"))
+    let out = chat_py(&s, token("alice"))
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -301,11 +306,7 @@ async fn the_terminal_client_sends_ids_and_shows_acks_and_errors() {
     assert!(shown.contains("! rate_limited: "), "{shown}");
 
     // A refused token is reported as such, not as a network failure.
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .args(["--url", &format!("wss://localhost:{}", s.addr.port())])
-        .args(["--token", "wrong", "--origin", ORIGIN, "--ca"])
-        .arg(s.path("ca.pem"))
+    let out = chat_py(&s, "wrong")
         .stdin(Stdio::null())
         .output()
         .await
