@@ -206,12 +206,29 @@ pub enum HistoryStore {
     /// The last `max_messages_per_room` of each room, in this process only (lost on restart,
     /// which gives the room a new epoch).
     Memory,
+    /// SQLite at `history.path`: kept across restarts and kill -9.
+    Sqlite,
+}
+
+/// What an ack promises about the disk (SQLite `synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acked => on disk, through power loss (fsync at every commit).
+    Full,
+    /// Acked => survives a crash of the server, but the last commits may be lost with power.
+    Normal,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     pub store: HistoryStore,
+    /// The SQLite file (store = "sqlite"), relative to the config file's directory.
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// Messages older than this are dropped (in the background, within a minute).
+    pub max_age_hours: u64,
     /// Messages kept per room; older ones are dropped.
     pub max_messages_per_room: usize,
     /// Messages sent after the welcome to a client that joins without resuming.
@@ -224,7 +241,10 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig {
-            store: HistoryStore::Off,
+            store: HistoryStore::Sqlite,
+            path: PathBuf::from("data/wss-chat.db"),
+            durability: Durability::Full,
+            max_age_hours: 168,
             max_messages_per_room: 1000,
             on_join: 50,
             dedup_window_s: 600,
@@ -742,6 +762,15 @@ impl Config {
                 "must be between 1 and 86400".into(),
             );
         }
+        if !(1..=87_600).contains(&h.max_age_hours) {
+            bad(
+                "history.max_age_hours",
+                "must be between 1 and 87600 (ten years)".into(),
+            );
+        }
+        if h.store == HistoryStore::Sqlite && h.path.as_os_str().is_empty() {
+            bad("history.path", "must name a file".into());
+        }
         if h.on_join > 1000 || h.on_join > h.max_messages_per_room {
             bad(
                 "history.on_join",
@@ -792,6 +821,23 @@ impl Config {
             w.push(format!(
                 "auth.users: {user} has a published demo token: anyone who read the README can log in as {user}"
             ));
+        }
+        match self.history.store {
+            HistoryStore::Sqlite => {}
+            HistoryStore::Memory => {
+                w.push("history.store = \"memory\": history is lost when the server stops".into())
+            }
+            HistoryStore::Off => w.push(
+                "history.store = \"off\": nothing is kept; clients cannot resume or page".into(),
+            ),
+        }
+        if self.history.store == HistoryStore::Sqlite
+            && self.history.durability == Durability::Normal
+        {
+            w.push(
+                "history.durability = \"normal\": acked messages may be lost on power failure"
+                    .into(),
+            );
         }
         if self.origins.allow_missing {
             w.push("origins.allow_missing = true: clients that send no Origin are let in".into());

@@ -5,12 +5,13 @@
 //!   welcome and the backlog (what a resuming client missed, or the last messages) before the
 //!   member is added, so nothing is lost or shown twice (presence will start here).
 //! - [`Engine::post`] is one message's path: length -> sanitise -> append to the room's log
-//!   (which assigns `seq`) and fan out, in one step under the room's lock.
+//!   (which assigns `seq`) and fan out, in one step under the room's lock; with a durable
+//!   store, after the store's writer has committed it (the caller awaits that, then acks).
 //! - [`Engine::history`] pages the room's retained messages.
 //! - Leaving is dropping the [`Member`].
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerFrame, WelcomeLimits};
 use crate::room::{next_conn_id, Membership, Outbox, Outgoing, Published, Reservation, Rooms};
 use crate::sanitize::Sanitizer;
-use crate::store::{Event, EventKind};
+use crate::store::{now_ms, Event, EventKind};
 
 /// The shared state of the chat, built once from the config.
 #[derive(Debug)]
@@ -251,7 +252,12 @@ impl Engine {
     /// A message that carries an `id` this user already used in this room within
     /// `history.dedup_window_s` is not stored or delivered again: the original's seq and text
     /// come back, from any of the user's connections.
-    pub fn post(&self, member: &Member, text: &str, id: Option<&str>) -> Result<Posted, Rejection> {
+    pub async fn post(
+        &self,
+        member: &Member,
+        text: &str,
+        id: Option<&str>,
+    ) -> Result<Posted, Rejection> {
         if text.len() > self.max_message_bytes {
             return Err(Rejection::TooLong);
         }
@@ -271,23 +277,27 @@ impl Engine {
                 Message::text(message_frame(&room.name, seq, now, &kind).to_json())
             })
             .map_err(|_| Rejection::Unavailable)?;
-        let fanout = match published {
-            Published::New(fanout) => fanout,
-            Published::Again(original) => {
-                let EventKind::Message { text, .. } = original.kind;
-                return Ok(Posted {
-                    seq: original.seq,
-                    text,
-                });
+        let (fanout, text) = match published {
+            Published::New(fanout) => {
+                // Only here is the time all fan-out: a queued one also waited for the disk.
+                self.metrics
+                    .fanout_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let EventKind::Message { text, .. } = kind;
+                (fanout, text)
             }
+            Published::Again(original) => return Ok(original.into()),
+            Published::Queued(answer) => match answer.await {
+                Ok(Ok((event, Some(fanout)))) => (fanout, Posted::from(event).text),
+                Ok(Ok((event, None))) => return Ok(event.into()),
+                Ok(Err(_)) | Err(_) => return Err(Rejection::Unavailable),
+            },
         };
         let m = &self.metrics;
-        m.fanout_seconds.observe(started.elapsed().as_secs_f64());
         m.messages_delivered.inc_by(fanout.queued);
         if fanout.overflowed > 0 {
             m.dropped_by("slow_consumer", fanout.overflowed);
         }
-        let EventKind::Message { text, .. } = kind;
         Ok(Posted {
             seq: fanout.seq,
             text,
@@ -295,8 +305,12 @@ impl Engine {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+impl From<Event> for Posted {
+    fn from(event: Event) -> Posted {
+        let EventKind::Message { text, .. } = event.kind;
+        Posted {
+            seq: event.seq,
+            text,
+        }
+    }
 }

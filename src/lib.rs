@@ -3,7 +3,8 @@
 //! The path of one connection, file by file: `server` (accept, caps, deadline) -> `tls` ->
 //! `http` (routing) -> `handshake` (rate, `origin`, `auth`, room reserved: it only admits) ->
 //! `session` (frames; `engine::join` on upgrade) -> `engine::post` (`limits` already charged,
-//! length, `sanitize`, `store` append assigns seq, `room` fan-out) -> `session` writer. Wire
+//! length, `sanitize`, `store` append assigns seq (`sqlite` commits it first), `room` fan-out)
+//! -> `session` writer. Wire
 //! types live in `protocol`, settings in `config`. [`run`] starts a server so tests and the
 //! binary share it.
 
@@ -21,6 +22,7 @@ pub mod room;
 pub mod sanitize;
 pub mod server;
 pub mod session;
+pub mod sqlite;
 pub mod store;
 pub mod tls;
 
@@ -82,15 +84,54 @@ pub fn preflight(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// SIGXFSZ on Linux (x86_64 and aarch64 alike).
+#[cfg(target_os = "linux")]
+const SIGXFSZ: i32 = 25;
+
+/// Open the history store the config names. An error names `history.path` and the reason;
+/// the caller exits 2 and the file is left as it was.
+pub fn open_store(
+    config: &Config,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Arc<dyn store::Store>, String> {
+    let h = &config.history;
+    Ok(match h.store {
+        // A relay: each room keeps only its epoch and seq.
+        config::HistoryStore::Off => Arc::new(store::MemoryStore { retain: 0 }),
+        config::HistoryStore::Memory => Arc::new(store::MemoryStore {
+            retain: h.max_messages_per_room,
+        }),
+        config::HistoryStore::Sqlite => Arc::new(sqlite::SqliteStore::open(
+            &config.resolve(&h.path),
+            h.durability,
+            sqlite::Retention {
+                max_messages: h.max_messages_per_room,
+                max_age_ms: h.max_age_hours.saturating_mul(3_600_000),
+            },
+            metrics.clone(),
+        )?),
+    })
+}
+
 /// Load or create the certificate, bind, and serve until `shutdown` resolves.
 /// `on_bound` is told the bound address (the config may ask for port 0).
 pub async fn run(
     config: Config,
+    store: Arc<dyn store::Store>,
+    metrics: Arc<metrics::Metrics>,
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     for w in config.loosened() {
         warn!("loosened default: {w}");
+    }
+    // A file-size limit (RLIMIT_FSIZE) reached by the store must fail that write, which is
+    // answered `unavailable`, not kill the server: SIGXFSZ's default action is to terminate.
+    // tokio keeps a handler installed once one is registered.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+    {
+        warn!("cannot catch SIGXFSZ: a file-size limit would stop the server: {e}");
     }
     let cert = config.resolve(&config.tls.cert);
     let key = config.resolve(&config.tls.key);
@@ -137,13 +178,6 @@ pub async fn run(
 
     let metrics_listener = metrics::bind(config.metrics.listen.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics = Arc::new(metrics::Metrics::new());
-    let retain = match config.history.store {
-        // A relay: each room keeps only its epoch and seq.
-        config::HistoryStore::Off => 0,
-        config::HistoryStore::Memory => config.history.max_messages_per_room,
-    };
-    let store: Arc<dyn store::Store> = Arc::new(store::MemoryStore { retain });
     let rooms = room::Rooms::new(&config.rooms, store)?;
     let shared = Arc::new(Shared {
         origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),

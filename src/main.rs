@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use wss_chat::config::Config;
@@ -171,7 +172,21 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(wss_chat::run(config, shutdown_signal(), |_| {})) {
+    let metrics = Arc::new(wss_chat::metrics::Metrics::new());
+    let store = match wss_chat::open_store(&config, &metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot open the history store: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(wss_chat::run(
+        config,
+        store,
+        metrics,
+        shutdown_signal(),
+        |_| {},
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

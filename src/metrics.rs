@@ -41,6 +41,16 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     /// Seconds one `publish` took to queue a message for every recipient.
     pub fanout_seconds: Histogram,
+    /// Seconds from handing a message to the store's writer to its commit.
+    pub store_append_seconds: Histogram,
+    /// Messages committed per transaction.
+    pub store_batch_size: Histogram,
+    /// Messages the store holds, all rooms.
+    pub store_retained: Gauge,
+    /// Messages dropped by retention (count or age).
+    pub store_trimmed: Counter,
+    /// Messages the store could not commit (answered `unavailable`, delivered to nobody).
+    pub store_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +73,11 @@ impl Metrics {
             slow_consumers_closed: Counter::default(),
             handshake_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             fanout_seconds: Histogram::new(exponential_buckets(0.000_002, 4.0, 12)),
+            store_append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            store_retained: Gauge::default(),
+            store_trimmed: Counter::default(),
+            store_failures: Counter::default(),
         };
         registry.register(
             "connections_open",
@@ -108,6 +123,31 @@ impl Metrics {
             "fanout_duration_seconds",
             "Time to queue one message for its room",
             m.fanout_seconds.clone(),
+        );
+        registry.register(
+            "store_append_duration_seconds",
+            "Time from handing a message to the store to its commit",
+            m.store_append_seconds.clone(),
+        );
+        registry.register(
+            "store_batch_size",
+            "Messages committed per store transaction",
+            m.store_batch_size.clone(),
+        );
+        registry.register(
+            "store_retained_messages",
+            "Messages held by the store",
+            m.store_retained.clone(),
+        );
+        registry.register(
+            "store_trimmed",
+            "Messages dropped by retention",
+            m.store_trimmed.clone(),
+        );
+        registry.register(
+            "store_failures",
+            "Messages the store could not commit",
+            m.store_failures.clone(),
         );
         Metrics { registry, ..m }
     }

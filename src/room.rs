@@ -3,7 +3,10 @@
 //! [`Room::publish`] is the single seam between one connection and the others: under the
 //! room's lock it appends the event to the room's log (which assigns `seq`, see store.rs),
 //! encodes the outgoing frame once, and pushes the shared bytes into each other member's
-//! [`Outbox`] without waiting, so seq order is delivery order. A member whose outbox is full is
+//! [`Outbox`] without waiting, so seq order is delivery order. With a durable store the event
+//! first waits in the room's pending queue while the store's writer commits it; the writer's
+//! callback ([`Room::settle`]) then appends and delivers it, in seq order, and a failed write
+//! refuses it and every later pending one, so no seq is skipped. A member whose outbox is full is
 //! marked a slow consumer and its own writer closes it; nobody else waits for it, and no lock
 //! is held while writing to a socket. A place in a room is first reserved by the gate (so a
 //! full room is refused before the upgrade) and then taken by the engine's join.
@@ -12,11 +15,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
-use crate::store::{Event, EventKind, RoomLog, Store, StoreError};
+use crate::store::{Event, EventKind, RoomLog, Store, StoreError, Write, Writer};
 
 /// What a connection's writer is asked to send.
 #[derive(Debug)]
@@ -112,27 +115,75 @@ struct RoomState {
     members: HashMap<ConnId, Arc<Outbox>>,
     /// Places promised by the gate and not yet taken; they count toward `max_members`.
     reserved: usize,
-    /// The room's log; appended to only under this lock, so it orders delivery.
+    /// The room's log: what is committed. Appended to only under this lock, so it orders
+    /// delivery.
     log: Box<dyn RoomLog>,
+    epoch: Arc<str>,
+    /// The durable store's writer, if the log is not the store itself.
+    writer: Option<Writer>,
+    /// Messages handed to the writer and not yet settled, in seq order; at most one per
+    /// connection (a session waits for its ack), plus resends waiting on them.
+    pending: std::collections::VecDeque<Pending>,
+    /// Names each write so a late answer for one already refused is recognised.
+    tickets: u64,
+}
+
+/// How a message handed to the store ended: the stored event and, for the connection that
+/// sent it, what its delivery did (a resend waiting on the same message gets `None`).
+pub type Settled = Result<(Event, Option<Fanout>), StoreError>;
+
+#[derive(Debug)]
+struct Pending {
+    ticket: u64,
+    from: ConnId,
+    event: Event,
+    frame: Message,
+    waiters: Vec<oneshot::Sender<Settled>>,
 }
 
 impl RoomState {
-    fn new(log: Box<dyn RoomLog>) -> Mutex<RoomState> {
+    fn new(log: Box<dyn RoomLog>, writer: Option<Writer>) -> Mutex<RoomState> {
         Mutex::new(RoomState {
             members: HashMap::new(),
             reserved: 0,
+            epoch: log.epoch().into(),
             log,
+            writer,
+            pending: std::collections::VecDeque::new(),
+            tickets: 0,
         })
+    }
+
+    /// Queue `msg` for every member but `from`.
+    fn deliver(&self, from: ConnId, msg: Message, seq: u64) -> Fanout {
+        let mut out = Fanout {
+            seq,
+            queued: 0,
+            overflowed: 0,
+        };
+        for (id, outbox) in &self.members {
+            if *id != from {
+                if outbox.push(msg.clone()) {
+                    out.queued += 1;
+                } else {
+                    out.overflowed += 1;
+                }
+            }
+        }
+        out
     }
 }
 
 /// What [`Room::publish`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Published {
     /// Stored and delivered.
     New(Fanout),
     /// The same message was stored before: this is it; nothing was delivered.
     Again(Event),
+    /// Handed to the store's writer; the answer comes once it is committed (and delivered)
+    /// or refused.
+    Queued(oneshot::Receiver<Settled>),
 }
 
 /// What one delivering `publish` did.
@@ -147,7 +198,7 @@ pub struct Fanout {
 
 #[derive(Debug)]
 pub struct Room {
-    pub name: String,
+    pub name: Arc<str>,
     state: Mutex<RoomState>,
 }
 
@@ -157,9 +208,10 @@ impl Room {
     /// all recipients. A log that refuses the event delivers it to nobody.
     /// With `resend` = (sender, client id, oldest ts in the dedup window), a message already
     /// stored under that id is returned as [`Published::Again`] and delivered to nobody; the
-    /// check and the append are one step, so two copies sent at once store one.
+    /// check and the append are one step, so two copies sent at once store one (a copy of
+    /// one still being written waits for it).
     pub fn publish(
-        &self,
+        self: &Arc<Self>,
         from: ConnId,
         ts: u64,
         kind: &EventKind,
@@ -171,24 +223,78 @@ impl Room {
             if let Some(original) = st.log.find(user, id, since_ts) {
                 return Ok(Published::Again(original));
             }
+            let same = |p: &&mut Pending| matches!(&p.event.kind, EventKind::Message { from, id: Some(i), .. } if from == user && i == id);
+            if let Some(p) = st.pending.iter_mut().find(same) {
+                let (tx, rx) = oneshot::channel();
+                p.waiters.push(tx);
+                return Ok(Published::Queued(rx));
+            }
         }
-        let seq = st.log.append(ts, kind)?;
-        let mut out = Fanout {
-            seq,
-            queued: 0,
-            overflowed: 0,
+        let Some(writer) = st.writer.clone() else {
+            let seq = st.log.append(ts, kind)?;
+            return Ok(Published::New(st.deliver(from, encode(seq), seq)));
         };
-        let msg = encode(seq);
-        for (id, outbox) in &st.members {
-            if *id != from {
-                if outbox.push(msg.clone()) {
-                    out.queued += 1;
-                } else {
-                    out.overflowed += 1;
+        let seq = st.log.top() + st.pending.len() as u64 + 1;
+        st.tickets += 1;
+        let ticket = st.tickets;
+        let room = Arc::clone(self);
+        writer.write(
+            Write {
+                room: self.name.clone(),
+                epoch: st.epoch.clone(),
+                seq,
+                ts,
+                kind: kind.clone(),
+            },
+            Box::new(move |result| room.settle(ticket, result)),
+        )?;
+        let (tx, rx) = oneshot::channel();
+        st.pending.push_back(Pending {
+            ticket,
+            from,
+            event: Event {
+                room: self.name.clone(),
+                seq,
+                ts,
+                kind: kind.clone(),
+            },
+            frame: encode(seq),
+            waiters: vec![tx],
+        });
+        Ok(Published::Queued(rx))
+    }
+
+    /// The store's writer reports on write `ticket`. Committed: append it to the log and
+    /// deliver it. Refused: refuse it and every write queued after it (the writer refuses
+    /// those too, as their seqs no longer follow), so the next message takes its seq.
+    fn settle(&self, ticket: u64, result: Result<(), StoreError>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.pending.front().map(|p| p.ticket) != Some(ticket) {
+            // Refused already, with an earlier write that failed.
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let p = st.pending.pop_front().expect("checked above");
+                let appended = st.log.append(p.event.ts, &p.event.kind);
+                debug_assert_eq!(appended.as_ref().ok(), Some(&p.event.seq));
+                let fanout = st.deliver(p.from, p.frame, p.event.seq);
+                let mut waiters = p.waiters.into_iter();
+                if let Some(first) = waiters.next() {
+                    let _ = first.send(Ok((p.event.clone(), Some(fanout))));
+                }
+                for w in waiters {
+                    let _ = w.send(Ok((p.event.clone(), None)));
+                }
+            }
+            Err(e) => {
+                for p in st.pending.drain(..) {
+                    for w in p.waiters {
+                        let _ = w.send(Err(e.clone()));
+                    }
                 }
             }
         }
-        Ok(Published::New(out))
     }
 
     /// Read the room's log (history pages), under the room's lock.
@@ -244,8 +350,8 @@ impl Rooms {
             rooms.insert(
                 n.clone(),
                 Arc::new(Room {
-                    name: n.clone(),
-                    state: RoomState::new(log),
+                    name: n.as_str().into(),
+                    state: RoomState::new(log, store.writer()),
                 }),
             );
         }
@@ -274,8 +380,8 @@ impl Rooms {
             None if self.auto_create && rooms.len() < self.max_rooms => {
                 let log = self.store.open(name).map_err(|_| JoinError::Unavailable)?;
                 let r = Arc::new(Room {
-                    name: name.to_string(),
-                    state: RoomState::new(log),
+                    name: name.into(),
+                    state: RoomState::new(log, self.store.writer()),
                 });
                 rooms.insert(name.to_string(), r.clone());
                 r
@@ -325,8 +431,8 @@ impl Rooms {
     }
 
     fn drop_if_unused(&self, rooms: &mut HashMap<String, Arc<Room>>, room: &Arc<Room>) {
-        if !self.listed.contains(&room.name) && !room.in_use() {
-            rooms.remove(&room.name);
+        if !self.listed.contains(&*room.name) && !room.in_use() {
+            rooms.remove(&*room.name);
         }
     }
 
@@ -430,7 +536,7 @@ mod tests {
             .unwrap()
         {
             Published::New(f) => f,
-            Published::Again(e) => panic!("{e:?}"),
+            p => panic!("{p:?}"),
         }
     }
 

@@ -424,7 +424,7 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
             continue;
         }
-        match shared.engine.post(member, body, id) {
+        match shared.engine.post(member, body, id).await {
             Ok(posted) => {
                 if let Some(id) = id {
                     let ack = ServerFrame::Ack {

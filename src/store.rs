@@ -1,11 +1,14 @@
 //! The store seam: a room's history as a log of events, and the one place a message gets its
 //! `seq`.
 //!
-//! [`RoomLog::append`] assigns the next `seq` (the room's top + 1) and keeps the event; the
-//! engine appends under the room's lock and fans out in the same critical section, so seq order
-//! is delivery order. [`RoomLog::range`] reads what is retained, for backlogs and paging. The
-//! in-memory log here keeps the last `retain` events of a room for as long as the room exists
-//! (0 keeps none: today's relay); a durable log (SQLite, Redis) implements the same trait.
+//! A room holds a [`RoomLog`]: its epoch, its top seq and the retained window of its events,
+//! in memory, so backlogs, pages and resend checks never wait for a disk under the room's
+//! lock. [`RoomLog::append`] assigns the next `seq` (the room's top + 1) and keeps the event;
+//! the room appends under its lock and fans out in the same critical section, so seq order is
+//! delivery order. With the memory store that is all. A durable store (sqlite.rs) also has a
+//! [`Writer`]: the room hands it each event with the seq it will get, the writer commits it
+//! and calls back, and only then does the room append it to the log and deliver it, so nothing
+//! is shown or acked before it is on disk.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -63,6 +66,61 @@ pub trait RoomLog: Send + std::fmt::Debug {
 /// Opens the log of a room by name.
 pub trait Store: Send + Sync + std::fmt::Debug {
     fn open(&self, room: &str) -> Result<Box<dyn RoomLog>, StoreError>;
+    /// Where events are made durable before they are appended and delivered; `None` when
+    /// the log itself is the store (memory).
+    fn writer(&self) -> Option<Writer> {
+        None
+    }
+}
+
+/// Told once whether an event handed to a [`Writer`] was committed.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// One event for a durable store to commit.
+#[derive(Debug)]
+pub struct Write {
+    pub room: Arc<str>,
+    /// The room's epoch, stored with its first event.
+    pub epoch: Arc<str>,
+    /// The seq it will have: the room's committed top + 1 when the writer reaches it, or
+    /// the writer refuses it (an earlier write of the room failed).
+    pub seq: u64,
+    pub ts: u64,
+    pub kind: EventKind,
+}
+
+/// A handle to a durable store's writer; writes of one room are committed in the order they
+/// are handed over.
+#[derive(Clone)]
+pub struct Writer {
+    pub(crate) tx: std::sync::mpsc::Sender<crate::sqlite::Job>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    /// Queue `write`; `done` is called from the writer's thread once it is committed or
+    /// refused. Never blocks.
+    pub fn write(&self, write: Write, done: Done) -> Result<(), StoreError> {
+        self.tx
+            .send(crate::sqlite::Job::Write(
+                write,
+                done,
+                std::time::Instant::now(),
+            ))
+            .map_err(|_| StoreError("the store's writer has stopped".into()))
+    }
+}
+
+/// A new random epoch: 16 hex digits.
+pub fn new_epoch() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| StoreError("no randomness".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Events kept in memory, the last `retain` of each room.
@@ -73,33 +131,95 @@ pub struct MemoryStore {
 
 impl Store for MemoryStore {
     fn open(&self, room: &str) -> Result<Box<dyn RoomLog>, StoreError> {
-        let mut bytes = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| StoreError("no randomness".into()))?;
-        Ok(Box::new(MemoryLog {
-            epoch: bytes.iter().map(|b| format!("{b:02x}")).collect(),
-            room: room.into(),
-            top: 0,
-            retain: self.retain,
-            events: VecDeque::new(),
-            ids: HashMap::new(),
-        }))
+        Ok(Box::new(MemoryLog::new(
+            room,
+            new_epoch()?,
+            0,
+            self.retain,
+            u64::MAX,
+        )))
     }
 }
 
+/// The retained window of a room, in memory; the memory store's whole log and a durable
+/// store's cache of what it has committed.
 #[derive(Debug)]
-struct MemoryLog {
+pub struct MemoryLog {
     epoch: String,
     room: Arc<str>,
     top: u64,
     retain: usize,
+    /// Events older than this many milliseconds are no longer retained.
+    max_age_ms: u64,
     events: VecDeque<Event>,
     /// (sender, client id) -> seq of the retained events that carry an id.
     ids: HashMap<(String, String), u64>,
 }
 
+impl MemoryLog {
+    pub fn new(room: &str, epoch: String, top: u64, retain: usize, max_age_ms: u64) -> MemoryLog {
+        MemoryLog {
+            epoch,
+            room: room.into(),
+            top,
+            retain,
+            max_age_ms,
+            events: VecDeque::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Keep an event loaded from a durable store (oldest first); the top follows it.
+    pub fn load(&mut self, event: Event) {
+        self.top = self.top.max(event.seq);
+        self.keep(event);
+    }
+
+    fn keep(&mut self, event: Event) {
+        if self.events.len() == self.retain {
+            self.forget_oldest();
+        }
+        if let EventKind::Message {
+            from, id: Some(id), ..
+        } = &event.kind
+        {
+            self.ids.insert((from.clone(), id.clone()), event.seq);
+        }
+        self.events.push_back(event);
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some(EventKind::Message {
+            from, id: Some(id), ..
+        }) = self.events.pop_front().map(|e| e.kind)
+        {
+            self.ids.remove(&(from, id));
+        }
+    }
+
+    /// Retained events: those within `max_age_ms` of now (the window's front may hold older
+    /// ones until the next append drops them).
+    fn live(&self) -> impl DoubleEndedIterator<Item = &Event> + '_ {
+        let cutoff = crate::store::now_ms().saturating_sub(self.max_age_ms);
+        let skip = self.events.partition_point(|e| e.ts < cutoff);
+        self.events.range(skip..)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl RoomLog for MemoryLog {
     fn append(&mut self, ts: u64, kind: &EventKind) -> Result<u64, StoreError> {
         self.top += 1;
+        let cutoff = ts.saturating_sub(self.max_age_ms);
+        while self.events.front().is_some_and(|e| e.ts < cutoff) {
+            self.forget_oldest();
+        }
         if self.retain > 0 {
             let event = Event {
                 room: self.room.clone(),
@@ -107,21 +227,7 @@ impl RoomLog for MemoryLog {
                 ts,
                 kind: kind.clone(),
             };
-            if self.events.len() == self.retain {
-                if let Some(EventKind::Message {
-                    from, id: Some(id), ..
-                }) = self.events.pop_front().map(|e| e.kind)
-                {
-                    self.ids.remove(&(from, id));
-                }
-            }
-            if let EventKind::Message {
-                from, id: Some(id), ..
-            } = &event.kind
-            {
-                self.ids.insert((from.clone(), id.clone()), event.seq);
-            }
-            self.events.push_back(event);
+            self.keep(event);
         }
         Ok(self.top)
     }
@@ -140,9 +246,9 @@ impl RoomLog for MemoryLog {
     }
 
     fn page(&self, before: u64, limit: usize) -> (Vec<Event>, bool) {
-        let older = self.events.iter().filter(|e| e.seq < before).count();
+        let older = self.live().filter(|e| e.seq < before).count();
         let skip = older.saturating_sub(limit);
-        let page = self.events.iter().take(older).skip(skip).cloned().collect();
+        let page = self.live().take(older).skip(skip).cloned().collect();
         (page, skip > 0)
     }
 
@@ -151,12 +257,11 @@ impl RoomLog for MemoryLog {
     }
 
     fn oldest(&self) -> Option<u64> {
-        self.events.front().map(|e| e.seq)
+        self.live().next().map(|e| e.seq)
     }
 
     fn range(&self, after: u64, limit: usize) -> Vec<Event> {
-        self.events
-            .iter()
+        self.live()
             .filter(|e| e.seq > after)
             .take(limit)
             .cloned()

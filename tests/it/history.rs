@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 fn memory(c: &mut Config) {
-    c.history.store = HistoryStore::Memory;
+    c.history.store = HistoryStore::Sqlite;
 }
 
 /// Post `n` messages as `ws` (with ids, waiting for each ack); returns their seqs.

@@ -15,4 +15,5 @@ mod history;
 mod limits;
 mod operator;
 mod resilience;
+mod store;
 mod support;

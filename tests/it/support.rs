@@ -113,6 +113,9 @@ pub fn test_config() -> Config {
     c.limits.burst = 1000;
     c.limits.handshakes_per_minute_per_ip = 10_000;
     c.log.level = "debug".into();
+    // Most tests are about live delivery, where a backlog on join would only be noise;
+    // history.rs runs the default store (SQLite in the server's temp dir).
+    c.history.store = HistoryStore::Off;
     c
 }
 
@@ -135,14 +138,8 @@ impl Server {
 
     /// Start the binary on `config` (written to config.toml beside a fresh cert and secret).
     pub fn start_config(config: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new();
-        std::fs::write(dir.path().join("cert.pem"), &ca.leaf_pem).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
-        std::fs::write(dir.path().join("key.pem"), &ca.key_pem).unwrap();
-        std::fs::write(dir.path().join("jwt-secret"), JWT_SECRET).unwrap();
+        let (dir, ca) = server_dir(config);
         let cfg_path = dir.path().join("config.toml");
-        std::fs::write(&cfg_path, config).unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (child, addr) = spawn(&cfg_path, &log);
         Server {
@@ -157,11 +154,25 @@ impl Server {
     /// Kill the process and start it again on the same config (and so the same port, when
     /// the config names one); the log goes on in the same buffer.
     pub fn restart(&mut self) {
+        self.kill();
+        self.respawn();
+    }
+
+    /// SIGKILL the process (kill -9) and wait for it.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Start the process again on the same config, after [`Server::kill`].
+    pub fn respawn(&mut self) {
         let (child, addr) = spawn(&self.path("config.toml"), &self.log);
         self.child = child;
         self.addr = addr;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A file in the server's directory (config.toml, cert.pem, key.pem).
@@ -324,6 +335,19 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+/// A temp dir with `config` as config.toml beside a fresh certificate (cert.pem, key.pem,
+/// ca.pem) and the JWT secret.
+pub fn server_dir(config: &str) -> (tempfile::TempDir, TestCa) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    std::fs::write(dir.path().join("cert.pem"), &ca.leaf_pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &ca.key_pem).unwrap();
+    std::fs::write(dir.path().join("jwt-secret"), JWT_SECRET).unwrap();
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    (dir, ca)
 }
 
 /// Start the binary on a config file; returns it once it logs its address.
