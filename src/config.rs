@@ -65,6 +65,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub history: HistoryConfig,
+    pub presence: PresenceConfig,
     /// Directory of the config file: relative paths in it are resolved from here, so the
     /// server behaves the same whatever directory it is started from.
     #[serde(skip)]
@@ -220,6 +221,25 @@ pub enum Durability {
     Normal,
 }
 
+/// Who is in a room: the welcome's `members`, and join/leave frames.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Off: no `members` in the welcome and no join/leave frames.
+    pub enabled: bool,
+    /// Users listed in a welcome at most (`members_truncated: true` beyond).
+    pub max_listed: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            enabled: true,
+            max_listed: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
@@ -265,6 +285,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             history: HistoryConfig::default(),
+            presence: PresenceConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -538,6 +559,7 @@ impl Config {
                 "log" => check_keys::<LogConfig>,
                 "metrics" => check_keys::<MetricsConfig>,
                 "history" => check_keys::<HistoryConfig>,
+                "presence" => check_keys::<PresenceConfig>,
                 _ => {
                     problems.push(Problem {
                         key: section.clone(),
@@ -770,6 +792,9 @@ impl Config {
         }
         if h.store == HistoryStore::Sqlite && h.path.as_os_str().is_empty() {
             bad("history.path", "must name a file".into());
+        }
+        if !(1..=100_000).contains(&self.presence.max_listed) {
+            bad("presence.max_listed", "must be between 1 and 100000".into());
         }
         if h.on_join > 1000 || h.on_join > h.max_messages_per_room {
             bad(

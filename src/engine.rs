@@ -37,6 +37,8 @@ pub struct Engine {
     echo: bool,
     /// Messages replayed to a client that joins without resuming.
     on_join: usize,
+    /// Users listed in a welcome at most; `None` with presence off.
+    max_listed: Option<usize>,
     /// How long a message id is remembered for idempotent resends.
     dedup_window_ms: u64,
     metrics: Arc<Metrics>,
@@ -145,6 +147,10 @@ impl Engine {
             },
             echo: config.server.echo_mode,
             on_join: config.history.on_join,
+            max_listed: config
+                .presence
+                .enabled
+                .then_some(config.presence.max_listed),
             dedup_window_ms: config.history.dedup_window_s.saturating_mul(1000),
             metrics,
         }
@@ -168,11 +174,13 @@ impl Engine {
         let on_join = self.on_join;
         // The backlog may not fill the outbox: a member must be able to take live messages.
         let budget = self.outbound_queue_bytes / 2;
+        let max_listed = self.max_listed;
         let membership = self.rooms.join(
             reservation,
             next_conn_id(),
+            &identity.user,
             outbox.clone(),
-            |log, outbox| {
+            |log, users, outbox| {
                 if echo {
                     return;
                 }
@@ -198,6 +206,8 @@ impl Engine {
                     epoch: log.epoch(),
                     seq: top,
                     recovered,
+                    members: max_listed.map(|n| users.keys().take(n).map(String::as_str).collect()),
+                    members_truncated: max_listed.is_some_and(|n| users.len() > n),
                 };
                 outbox.push(Message::text(welcome.to_json()));
                 for frame in backlog {

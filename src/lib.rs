@@ -178,7 +178,9 @@ pub async fn run(
 
     let metrics_listener = metrics::bind(config.metrics.listen.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let rooms = room::Rooms::new(&config.rooms, store)?;
+    // Echo mode (the conformance suite) speaks no protocol of ours: no presence frames.
+    let presence = config.presence.enabled && !config.server.echo_mode;
+    let rooms = room::Rooms::new(&config.rooms, store, presence)?;
     let shared = Arc::new(Shared {
         origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),
         auth,

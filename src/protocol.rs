@@ -67,7 +67,17 @@ pub enum ServerFrame<'a> {
         /// Only when the client asked to resume: whether exactly what it missed follows.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// Users with a connection in the room, sorted, self included (with presence on).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<&'a str>>,
+        /// More users are present than `presence.max_listed`.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        members_truncated: bool,
     },
+    /// A user's first connection to the room opened (presence; no seq, not stored).
+    Join { user: &'a str, ts: u64 },
+    /// A user's last connection to the room closed.
+    Leave { user: &'a str, ts: u64 },
     Message {
         room: &'a str,
         from: &'a str,
@@ -75,8 +85,6 @@ pub enum ServerFrame<'a> {
         seq: u64,
         ts: u64,
     },
-    /// The message with this id was delivered; `text` is what the others received (the
-    /// sanitised text), so the sender shows the same and never its raw input.
     /// A page of stored messages, oldest first, each a message frame; `has_more` when older
     /// ones are retained.
     History {
@@ -85,6 +93,8 @@ pub enum ServerFrame<'a> {
         messages: Vec<ServerFrame<'a>>,
         has_more: bool,
     },
+    /// The message with this id was stored and delivered; `text` is what the others received
+    /// (the sanitised text), so the sender shows the same and never its raw input.
     Ack {
         id: &'a str,
         seq: u64,

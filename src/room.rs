@@ -8,10 +8,11 @@
 //! callback ([`Room::settle`]) then appends and delivers it, in seq order, and a failed write
 //! refuses it and every later pending one, so no seq is skipped. A member whose outbox is full is
 //! marked a slow consumer and its own writer closes it; nobody else waits for it, and no lock
-//! is held while writing to a socket. A place in a room is first reserved by the gate (so a
+//! is held while writing to a socket. Presence lives here too, under the same lock: a
+//! user's first connection to a room sends `join` to the others, the last one to go `leave`. A place in a room is first reserved by the gate (so a
 //! full room is refused before the upgrade) and then taken by the engine's join.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +20,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
-use crate::store::{Event, EventKind, RoomLog, Store, StoreError, Write, Writer};
+use crate::protocol::ServerFrame;
+use crate::store::{now_ms, Event, EventKind, RoomLog, Store, StoreError, Write, Writer};
 
 /// What a connection's writer is asked to send.
 #[derive(Debug)]
@@ -113,6 +115,8 @@ pub fn next_conn_id() -> ConnId {
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<ConnId, Arc<Outbox>>,
+    /// Users present, sorted, with their number of connections here.
+    users: BTreeMap<String, usize>,
     /// Places promised by the gate and not yet taken; they count toward `max_members`.
     reserved: usize,
     /// The room's log: what is committed. Appended to only under this lock, so it orders
@@ -145,6 +149,7 @@ impl RoomState {
     fn new(log: Box<dyn RoomLog>, writer: Option<Writer>) -> Mutex<RoomState> {
         Mutex::new(RoomState {
             members: HashMap::new(),
+            users: BTreeMap::new(),
             reserved: 0,
             epoch: log.epoch().into(),
             log,
@@ -337,11 +342,17 @@ pub struct Rooms {
     max_rooms: usize,
     max_members: usize,
     store: Arc<dyn Store>,
+    /// Send join and leave frames.
+    presence: bool,
 }
 
 impl Rooms {
     /// The listed rooms, each with its log opened from `store`.
-    pub fn new(cfg: &RoomsConfig, store: Arc<dyn Store>) -> Result<Arc<Rooms>, String> {
+    pub fn new(
+        cfg: &RoomsConfig,
+        store: Arc<dyn Store>,
+        presence: bool,
+    ) -> Result<Arc<Rooms>, String> {
         let mut rooms = HashMap::new();
         for n in &cfg.names {
             let log = store
@@ -362,6 +373,7 @@ impl Rooms {
             max_rooms: cfg.max_rooms,
             max_members: cfg.max_members,
             store,
+            presence,
         }))
     }
 
@@ -402,16 +414,19 @@ impl Rooms {
         })
     }
 
-    /// Take a reserved place: the connection `id` receives the room's messages through
-    /// `outbox` until the returned guard is dropped. `first` runs under the room's lock just
-    /// before the connection is added, with the room's log: what it queues (the welcome, the
-    /// backlog) comes before any live message, and no message is both in it and live.
+    /// Take a reserved place: the connection `id` of `user` receives the room's messages
+    /// through `outbox` until the returned guard is dropped. `first` runs under the room's
+    /// lock just before the connection is added, with the room's log and the users present
+    /// (`user` included): what it queues (the welcome, the backlog) comes before any live
+    /// message, and no message is both in it and live. If this is the user's first
+    /// connection here, the others are sent a `join`.
     pub fn join(
         &self,
         mut reservation: Reservation,
         id: ConnId,
+        user: &str,
         outbox: Arc<Outbox>,
-        first: impl FnOnce(&dyn RoomLog, &Outbox),
+        first: impl FnOnce(&dyn RoomLog, &BTreeMap<String, usize>, &Outbox),
     ) -> Membership {
         let room = reservation
             .room
@@ -419,7 +434,14 @@ impl Rooms {
             .expect("a reservation is taken once");
         {
             let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
-            first(st.log.as_ref(), &outbox);
+            let conns = st.users.entry(user.to_string()).or_insert(0);
+            *conns += 1;
+            let arrived = *conns == 1;
+            first(st.log.as_ref(), &st.users, &outbox);
+            if arrived && self.presence {
+                let frame = ServerFrame::Join { user, ts: now_ms() };
+                st.deliver(id, Message::text(frame.to_json()), 0);
+            }
             st.reserved -= 1;
             st.members.insert(id, outbox);
         }
@@ -427,6 +449,7 @@ impl Rooms {
             rooms: reservation.rooms.clone(),
             room,
             id,
+            user: user.to_string(),
         }
     }
 
@@ -473,6 +496,7 @@ pub struct Membership {
     rooms: Arc<Rooms>,
     pub room: Arc<Room>,
     pub id: ConnId,
+    user: String,
 }
 
 impl Drop for Membership {
@@ -480,12 +504,25 @@ impl Drop for Membership {
         // Registry lock before room lock, the same order as `reserve`, so the two never
         // deadlock.
         let mut rooms = self.rooms.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        self.room
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .members
-            .remove(&self.id);
+        {
+            let mut st = self.room.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.members.remove(&self.id);
+            let gone = match st.users.get_mut(&self.user) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => st.users.remove(&self.user).is_some(),
+                None => false,
+            };
+            if gone && self.rooms.presence {
+                let frame = ServerFrame::Leave {
+                    user: &self.user,
+                    ts: now_ms(),
+                };
+                st.deliver(self.id, Message::text(frame.to_json()), 0);
+            }
+        }
         self.rooms.drop_if_unused(&mut rooms, &self.room);
     }
 }
@@ -512,7 +549,7 @@ mod tests {
     }
 
     fn rooms(auto: bool) -> Arc<Rooms> {
-        Rooms::new(&cfg(auto), Arc::new(MemoryStore { retain: 0 })).unwrap()
+        Rooms::new(&cfg(auto), Arc::new(MemoryStore { retain: 0 }), true).unwrap()
     }
 
     fn join(
@@ -521,7 +558,7 @@ mod tests {
         id: ConnId,
         outbox: Arc<Outbox>,
     ) -> Result<Membership, JoinError> {
-        Ok(rooms.join(rooms.reserve(name)?, id, outbox, |_, _| {}))
+        Ok(rooms.join(rooms.reserve(name)?, id, "alice", outbox, |_, _, _| {}))
     }
 
     fn say(m: &Membership, text: &str) -> Fanout {

@@ -14,6 +14,7 @@ mod handshake;
 mod history;
 mod limits;
 mod operator;
+mod presence;
 mod resilience;
 mod store;
 mod support;

@@ -116,6 +116,8 @@ pub fn test_config() -> Config {
     // Most tests are about live delivery, where a backlog on join would only be noise;
     // history.rs runs the default store (SQLite in the server's temp dir).
     c.history.store = HistoryStore::Off;
+    // Likewise join/leave frames; presence.rs turns them on.
+    c.presence.enabled = false;
     c
 }
 
