@@ -5,21 +5,80 @@
     python3 scripts/chat.py --token alice-demo-token-not-for-production --room lobby
 
 Each line goes out with an id; the server's ack (with the text the others received, sanitised)
-and any error are shown. The token travels in the subprotocol list (as a browser sends it),
-never in the URL. The demo's development certificate is found beside this script
-(../certs/dev-cert.pem) whatever directory you run it from.
+and any error are shown. When the connection drops it reconnects (1 s doubling to 30 s) and
+resumes with the room's epoch and the last seq shown, so nothing said meanwhile is missed or
+shown twice; lines not acked yet are sent again with the same id, which the server stores once.
+The token travels in the subprotocol list (as a browser sends it), never in the URL. The demo's
+development certificate is found beside this script (../certs/dev-cert.pem) whatever directory
+you run it from.
 """
 import argparse
 import asyncio
 import itertools
 import json
 import pathlib
+import random
+import secrets
 import ssl
 import sys
+import urllib.parse
 
 import websockets
 
 DEV_CERT = pathlib.Path(__file__).resolve().parent.parent / "certs" / "dev-cert.pem"
+REFUSALS = {401: "the token was refused", 403: "the Origin or the room is not allowed",
+            429: "too many attempts; wait a minute"}
+
+
+class Room:
+    """What the view has shown, to resume exactly and to resend what was not acked."""
+
+    def __init__(self) -> None:
+        self.epoch = None
+        self.last_seq = 0
+        self.shown = set()
+        # id -> text, in the order typed; ids unique across runs (the server remembers them).
+        self.pending = {}
+        self.ids = (f"{secrets.token_hex(4)}-{n}" for n in itertools.count(1))
+
+    def url(self, base: str, room: str) -> str:
+        url = f"{base}/rooms/{urllib.parse.quote(room)}"
+        if self.epoch is not None:
+            url += f"?since={self.last_seq}&epoch={urllib.parse.quote(self.epoch)}"
+        return url
+
+    def show(self, m: dict) -> None:
+        kind = m.get("type")
+        if kind == "message":
+            if m["seq"] in self.shown:
+                return
+            self.shown.add(m["seq"])
+            self.last_seq = max(self.last_seq, m["seq"])
+            print(f"[{m['room']} #{m['seq']}] {m['from']}: {m['text']}", flush=True)
+        elif kind == "ack":
+            if self.pending.pop(m["id"], None) is None:
+                return  # a resend's ack: shown already
+            self.shown.add(m["seq"])
+            self.last_seq = max(self.last_seq, m["seq"])
+            print(f"  (sent #{m['seq']}: {m['text']})", flush=True)
+        elif kind == "error":
+            self.pending.pop(m.get("id"), None)
+            wait = f", retry in {m['retry_after_ms']} ms" if "retry_after_ms" in m else ""
+            print(f"  ! {m['code']}: {m['message']}{wait}", flush=True)
+        elif kind == "welcome":
+            if m.get("recovered") is False or (self.epoch is not None and m["epoch"] != self.epoch):
+                print("  (the room's history could not be resumed; showing it afresh)", flush=True)
+                self.shown.clear()
+                self.last_seq = 0
+            self.epoch = m["epoch"]
+            print(f"connected as {m['user']} in {m['room']}", flush=True)
+            if "members" in m:
+                more = " and more" if m.get("members_truncated") else ""
+                print(f"  present: {', '.join(m['members'])}{more}", flush=True)
+        elif kind in ("join", "leave"):
+            print(f"  * {m['user']} {'joined' if kind == 'join' else 'left'}", flush=True)
+        else:
+            print(f"<< {json.dumps(m)}", flush=True)
 
 
 async def main() -> int:
@@ -36,59 +95,93 @@ async def main() -> int:
               "certificate), or pass --ca with your CA's PEM file", file=sys.stderr)
         return 2
     ctx = ssl.create_default_context(cafile=a.ca)
-    try:
-        ws = await websockets.connect(
-            f"{a.url}/rooms/{a.room}",
-            ssl=ctx,
-            origin=a.origin,
-            subprotocols=["wss-chat.v1", f"bearer.{a.token}"],
-        )
-    except websockets.exceptions.InvalidStatus as e:
-        why = {401: "the token was refused", 403: "the Origin or the room is not allowed",
-               429: "too many attempts; wait a minute"}.get(e.response.status_code, "")
-        print(f"refused: HTTP {e.response.status_code} {why}", file=sys.stderr)
-        return 1
-    pending = {}
-    ids = itertools.count(1)
+    room = Room()
+    lines = asyncio.Queue()
+    loop = asyncio.get_running_loop()
 
-    async def show() -> None:
-        async for raw in ws:
-            m = json.loads(raw)
-            kind = m.get("type")
-            if kind == "message":
-                print(f"[{m['room']} #{m['seq']}] {m['from']}: {m['text']}", flush=True)
-            elif kind == "ack":
-                pending.pop(m["id"], None)
-                print(f"  (sent #{m['seq']}: {m['text']})", flush=True)
-            elif kind == "error":
-                pending.pop(m.get("id"), None)
-                wait = f", retry in {m['retry_after_ms']} ms" if "retry_after_ms" in m else ""
-                print(f"  ! {m['code']}: {m['message']}{wait}", flush=True)
-            elif kind == "welcome":
-                print(f"connected as {m['user']} in {m['room']}", flush=True)
-            else:
-                print(f"<< {raw}", flush=True)
-
-    async with ws:
-        reader = asyncio.create_task(show())
-        loop = asyncio.get_running_loop()
+    async def read_stdin() -> None:
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
+            await lines.put(line)
             if not line:
-                break
-            if line.strip():
-                msg_id = str(next(ids))
-                pending[msg_id] = line
-                await ws.send(json.dumps({"type": "message", "text": line.rstrip("\n"), "id": msg_id}))
-        # Wait briefly for the last acks before leaving.
-        for _ in range(20):
-            if not pending or reader.done():
-                break
-            await asyncio.sleep(0.1)
-        reader.cancel()
-        if reader.done() and not reader.cancelled() and reader.exception():
-            print(f"connection closed: {reader.exception()}", file=sys.stderr)
-    return 0
+                return
+
+    stdin_task = asyncio.create_task(read_stdin())
+    typing_done = False
+    attempt = 0
+    while True:
+        try:
+            ws = await websockets.connect(
+                room.url(a.url, a.room),
+                ssl=ctx,
+                origin=a.origin,
+                subprotocols=["wss-chat.v1", f"bearer.{a.token}"],
+            )
+        except websockets.exceptions.InvalidStatus as e:
+            code = e.response.status_code
+            if code in (401, 403):
+                print(f"refused: HTTP {code} {REFUSALS[code]}", file=sys.stderr)
+                return 1
+            ws, why = None, f"HTTP {code} {REFUSALS.get(code, '')}".strip()
+        except (OSError, websockets.exceptions.WebSocketException) as e:
+            ws, why = None, str(e) or type(e).__name__
+        if ws is not None:
+            why = await session(ws, room, lines, typing_done)
+            if why is None:
+                stdin_task.cancel()
+                return 0
+            typing_done = why == "stdin closed"
+            attempt = 0
+        if typing_done and attempt >= 3:
+            print(f"  ! gave up: {len(room.pending)} message(s) not acked", file=sys.stderr)
+            return 1
+        delay = min(30.0, 2.0 ** attempt) * random.uniform(0.5, 1.0)
+        attempt += 1
+        print(f"  (disconnected: {why}; reconnecting in {delay:.1f} s)", file=sys.stderr, flush=True)
+        await asyncio.sleep(delay)
+
+
+async def session(ws, room: Room, lines: asyncio.Queue, typing_done: bool):
+    """One connection: returns None when the user is done, else why the connection ended."""
+    async with ws:
+        async def receive() -> None:
+            async for raw in ws:
+                m = json.loads(raw)
+                room.show(m)
+                if m.get("type") == "welcome":
+                    # Sent again with the same ids: the server acks one it already stored.
+                    for msg_id, text in list(room.pending.items()):
+                        await ws.send(json.dumps({"type": "message", "text": text, "id": msg_id}))
+
+        reader = asyncio.create_task(receive())
+        try:
+            while not typing_done:
+                getter = asyncio.create_task(lines.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    getter.cancel()
+                    return f"connection closed ({ws.close_code or 1006})"
+                line = getter.result()
+                if not line:
+                    typing_done = True
+                    break
+                if line.strip():
+                    msg_id = next(room.ids)
+                    text = line.rstrip("\n")
+                    room.pending[msg_id] = text
+                    await ws.send(json.dumps({"type": "message", "text": text, "id": msg_id}))
+            # Input is over: wait briefly for the last acks (sending again if the socket drops).
+            for _ in range(20):
+                if not room.pending:
+                    return None
+                if reader.done():
+                    return "stdin closed"
+                await asyncio.sleep(0.1)
+            return None
+        except websockets.exceptions.ConnectionClosed:
+            return f"connection closed ({ws.close_code or 1006})"
+        finally:
+            reader.cancel()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,15 @@ let timer = null;
 let me = null;          // our user name, from the welcome
 let epoch = null;       // the room's epoch and the last seq shown, to resume after a reconnect
 let lastSeq = 0;
-let pendingIds = new Set(); // ids of our messages not acked yet
+let shown = new Set();  // seqs in the view: a message is never shown twice
+// Our messages not acked yet, id -> text, in the order typed. Sent again with the same id after
+// a reconnect: the server stores an id once, so one that did get through is only acked.
+let unacked = new Map();
+// Ids must not repeat across page loads within the server's dedup window, or a new message
+// would be taken for a resend of an old one.
+const idPrefix = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('');
+let nextId = 1;
+let present = new Set(); // users in the room
 
 function status(text, live) {
   $('status').textContent = text;
@@ -26,9 +34,14 @@ function showError(text) {
   e.hidden = !text;
 }
 
-function add(kind, from, ts, html) {
+// A message line; `seq` orders it among the others (a page of older ones goes above).
+function add(kind, from, ts, html, seq) {
   const li = document.createElement('li');
   li.className = kind;
+  if (seq !== undefined) {
+    li.dataset.seq = String(seq);
+    shown.add(seq);
+  }
   if (ts) {
     const t = document.createElement('span');
     t.className = 'time';
@@ -47,15 +60,57 @@ function add(kind, from, ts, html) {
   if (html !== undefined) body.innerHTML = html;
   li.append(body);
   const list = $('messages');
-  list.append(li);
-  list.scrollTop = list.scrollHeight;
+  const later = seq === undefined ? null
+    : [...list.children].find((l) => l.dataset.seq !== undefined && Number(l.dataset.seq) > seq);
+  if (later) {
+    list.insertBefore(li, later);
+  } else {
+    list.append(li);
+    list.scrollTop = list.scrollHeight;
+  }
   return body;
+}
+
+function showMessage(m) {
+  if (shown.has(m.seq)) return;
+  if (m.seq > lastSeq) lastSeq = m.seq;
+  add(m.from === me ? 'mine' : '', m.from, m.ts, m.text, m.seq);
+}
+
+function clearView() {
+  for (const li of [...document.querySelectorAll('#messages li:not(.notice)')]) li.remove();
+  shown = new Set();
+  lastSeq = 0;
+}
+
+function showMembers() {
+  const list = $('members');
+  list.replaceChildren(...[...present].sort().map((u) => {
+    const li = document.createElement('li');
+    li.textContent = u;
+    return li;
+  }));
+  $('present').textContent = `${present.size} present`;
+}
+
+// Ask for the page of messages older than the oldest shown.
+function loadEarlier() {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  const oldest = Math.min(...shown);
+  const req = { type: 'history', id: 'earlier', limit: 50 };
+  if (Number.isFinite(oldest)) req.before = oldest;
+  ws.send(JSON.stringify(req));
+}
+
+function sendNow(id, text) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'message', text, id }));
 }
 
 function notice(text) {
   add('notice', '', Date.now()).textContent = text;
 }
 
+// Typing stays possible while reconnecting: what is sent then waits and goes out on reconnect.
 function setSending(on) {
   $('text').disabled = !on;
   $('sendbtn').disabled = !on;
@@ -82,26 +137,42 @@ function connect() {
         me = m.user;
         if (m.recovered === false || (epoch !== null && m.epoch !== epoch)) {
           // What we show may not match the room any more: start the view again.
-          for (const li of [...document.querySelectorAll('#messages li:not(.notice)')]) li.remove();
+          clearView();
           if (epoch !== null) notice('The room\'s history could not be resumed; showing it afresh.');
-          lastSeq = 0;
         }
         epoch = m.epoch;
         attempt = 0; // a good connection resets the backoff
+        present = new Set(m.members || []);
+        showMembers();
+        $('earlier').hidden = false;
         showError('');
         status(`connected as ${m.user} in ${m.room}`, true);
         setSending(true);
+        // What was typed and not acked before the connection went: the same ids again.
+        for (const [id, text] of unacked) sendNow(id, text);
         break;
       case 'message':
-        if (m.seq <= lastSeq) break; // already shown
-        lastSeq = m.seq;
-        add(m.from === me ? 'mine' : '', m.from, m.ts, m.text);
+        showMessage(m);
+        break;
+      case 'history':
+        for (const msg of m.messages) showMessage(msg);
+        if (m.id === 'earlier' && !m.has_more) $('earlier').hidden = true;
+        break;
+      case 'join':
+        present.add(m.user);
+        showMembers();
+        break;
+      case 'leave':
+        present.delete(m.user);
+        showMembers();
         break;
       case 'ack':
         // Shown as the others saw it: our name and the server's sanitised text, never what
         // was typed (the server may have removed markup or hidden characters from it).
-        if (m.seq > lastSeq) lastSeq = m.seq;
-        if (pendingIds.delete(m.id)) add('mine', me, Date.now(), m.text);
+        if (unacked.delete(m.id) && !shown.has(m.seq)) {
+          if (m.seq > lastSeq) lastSeq = m.seq;
+          add('mine', me, Date.now(), m.text, m.seq);
+        }
         break;
       case 'error':
         if (m.code === 'rate_limited') {
@@ -113,14 +184,14 @@ function connect() {
         } else {
           showError(`Refused: ${m.message || m.code}`);
         }
-        if (m.id) pendingIds.delete(m.id);
+        if (m.id) unacked.delete(m.id);
         break;
     }
   };
   sock.onclose = async (ev) => {
     if (ws !== sock) return;
     ws = null;
-    setSending(false);
+    if (!welcomed) setSending(false);
     if (!wanted) { status('not connected'); return; }
     // A refused upgrade looks like a network failure to a page (1006, no status). Ask the
     // server whether this token and page would be let in; a refusal stops the retries until
@@ -129,6 +200,7 @@ function connect() {
       const refusal = await checkRefusal(token, room);
       if (refusal && wanted && wanted.token === token && wanted.room === room) {
         wanted = null;
+        setSending(false);
         status('refused: not retrying');
         showError(refusal);
         return;
@@ -158,15 +230,18 @@ async function checkRefusal(token, room) {
   return null;
 }
 
-let nextId = 1;
 document.addEventListener('DOMContentLoaded', () => {
+  $('earlier').addEventListener('click', loadEarlier);
   $('join').addEventListener('submit', (e) => {
     e.preventDefault();
     wanted = { token: $('token').value.trim(), room: $('room').value.trim() };
     // A new connection from the form starts a new view.
     epoch = null;
-    lastSeq = 0;
+    clearView();
     for (const li of [...document.querySelectorAll('#messages li')]) li.remove();
+    unacked = new Map();
+    present = new Set();
+    showMembers();
     attempt = 0;
     if (ws) { const old = ws; ws = null; old.close(1000); }
     connect();
@@ -174,10 +249,10 @@ document.addEventListener('DOMContentLoaded', () => {
   $('send').addEventListener('submit', (e) => {
     e.preventDefault();
     const text = $('text').value;
-    if (!text.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
-    const id = String(nextId++);
-    pendingIds.add(id);
-    ws.send(JSON.stringify({ type: 'message', text, id }));
+    if (!text.trim() || !wanted) return;
+    const id = `${idPrefix}-${nextId++}`;
+    unacked.set(id, text);
+    sendNow(id, text); // or on the next welcome, while reconnecting
     $('text').value = '';
     showError('');
   });

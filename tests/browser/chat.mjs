@@ -71,6 +71,11 @@ let m = await lastFrom(bob, 'alice', 'hello bob');
 check(m.hasTime, 'messages show their time');
 await say(bob, 'hi alice, all good here');
 await lastFrom(alice, 'bob', 'hi alice, all good here');
+// Each page lists who is present.
+const members = (page) => page.$$eval('#members li', (l) => l.map((x) => x.textContent));
+await alice.waitForFunction(() => document.querySelectorAll('#members li').length === 2);
+check(JSON.stringify(await members(alice)) === '["alice","bob"]', `alice sees ${await members(alice)}`);
+check(JSON.stringify(await members(bob)) === '["alice","bob"]', `bob sees ${await members(bob)}`);
 
 // 2. An XSS payload typed in one page shows as text in the other and runs nothing.
 await say(alice, '1 < 2 <img src=x onerror=alert(1)> & <script>alert(2)</script><b onclick=alert(3)>done</b>');
@@ -120,17 +125,46 @@ await wrong.waitForTimeout(3000); // the first retry would come after 0.5-1 s
 check(attempts === 1, `a refused page kept retrying: ${attempts} attempts`);
 await wrong.close();
 
-// 5. Kill and restart the server: the pages reconnect on their own.
+// 5. Kill the server (SIGKILL) in the middle of a burst and restart it: the pages reconnect,
+// resume where they stopped, send again what was not acked (same ids), and in the end each
+// page shows every message exactly once.
+const count = (page, text) => page.$$eval('#messages li .text', (l, t) => l.filter((x) => x.textContent === t).length, text);
+for (let i = 1; i <= 3; i += 1) await say(alice, `burst ${i}`);
+const restarted = nextLine(); // listening before asking: a line with no listener is lost
 console.log('RESTART');
-check((await nextLine()) === 'RESTARTED', 'the test driver did not restart the server');
-await alice.waitForFunction(() => document.getElementById('status').textContent.startsWith('disconnected')
-  || document.getElementById('status').textContent.startsWith('connected as'));
+for (let i = 4; i <= 6; i += 1) await say(alice, `burst ${i}`); // typed while it is down
+check((await restarted) === 'RESTARTED', 'the test driver did not restart the server');
 await connected(alice, 'alice');
 await connected(bob, 'bob');
+for (let i = 1; i <= 6; i += 1) {
+  await lastFrom(bob, 'alice', `burst ${i}`);
+  await lastFrom(alice, 'alice', `burst ${i}`);
+}
 await say(bob, 'back after the restart');
 await lastFrom(alice, 'bob', 'back after the restart');
+for (const page of [alice, bob]) {
+  for (const t of ['hello bob', 'burst 1', 'burst 2', 'burst 3', 'burst 4', 'burst 5', 'burst 6', 'back after the restart']) {
+    const n = await count(page, t);
+    check(n === 1, `"${t}" is shown ${n} times`);
+  }
+}
 const notices = await alice.$$eval('#messages li.notice .text', (l) => l.map((x) => x.textContent));
 check(notices.some((n) => n.startsWith('Disconnected')), 'the page showed the disconnection');
+check(!notices.some((n) => n.includes('could not be resumed')), `the view was not resumed: ${notices}`);
+
+// 6. A late page shows the last few messages (history.on_join) and pages back to the first
+// with "load earlier", in order, with no gap.
+const late = await open('bob-late', BOB);
+await connected(late, 'bob');
+const seqs = () => late.$$eval('#messages li[data-seq]', (l) => l.map((x) => Number(x.dataset.seq)));
+await late.waitForFunction(() => document.querySelectorAll('#messages li[data-seq]').length > 0);
+check(!(await seqs()).includes(1), `the late page got everything at once: ${await seqs()}`);
+await late.click('#earlier');
+await lastFrom(late, 'alice', 'hello bob');
+await late.waitForSelector('#earlier', { state: 'hidden' });
+const all = await seqs();
+check(all.every((s, i) => s === i + 1), `seqs in the late page: ${all}`);
+await late.close();
 
 check(dialogs.length === 0 && errors.length === 0, `dialogs ${dialogs}, errors ${errors}`);
 await context.close();

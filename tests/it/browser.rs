@@ -1,6 +1,8 @@
 //! The chat page in a real browser: Debian's Chromium driven by playwright-core
 //! (tests/browser/chat.mjs). Two pages chat, an XSS payload stays text, a foreign origin is
-//! refused by the browser's own Origin header, and the pages reconnect after a restart.
+//! refused by the browser's own Origin header, the pages show who is present, a kill -9 in the
+//! middle of a burst loses and doubles nothing once the pages reconnect, and a late page pages
+//! back through the history.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -26,6 +28,10 @@ async fn two_browser_pages_chat_xss_stays_text_foreign_origin_refused_and_reconn
 
     let port = free_port();
     let mut s = Server::start_with(|c| {
+        // As shipped: SQLite history and presence; a short backlog so paging has work.
+        c.history.store = HistoryStore::Sqlite;
+        c.history.on_join = 3;
+        c.presence.enabled = true;
         c.server.listen = format!("127.0.0.1:{port}");
         c.origins
             .allowed

@@ -318,3 +318,78 @@ async fn the_terminal_client_sends_ids_and_shows_acks_and_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_terminal_client_resumes_after_a_kill_and_resends_what_was_not_acked() {
+    use tokio::io::AsyncBufReadExt;
+    let port = free_port();
+    let mut s = Server::start_with(|c| {
+        c.history.store = HistoryStore::Sqlite;
+        c.server.listen = format!("127.0.0.1:{port}");
+    });
+    let mut child = chat_py(&s, token("alice"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut until = async |needle: &str, seen: &mut Vec<String>| {
+        if seen.iter().any(|l| l.contains(needle)) {
+            return;
+        }
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = out.next_line().await.unwrap() {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return;
+                }
+            }
+            panic!("chat.py ended before {needle:?}");
+        })
+        .await;
+        assert!(found.is_ok(), "no {needle:?} in {seen:#?}");
+    };
+    until("connected as alice in lobby", &mut seen).await;
+    let mut bob = s.join("bob", "lobby").await;
+    say(&mut bob, "one").await;
+    until("bob: one", &mut seen).await;
+    s.restart();
+    // Typed while the server is down: kept, and sent again with its id on reconnect.
+    stdin.write_all(b"while down\n").await.unwrap();
+    let mut bob = s.join("bob", "lobby").await;
+    say(&mut bob, "two").await;
+    until("while down)", &mut seen).await;
+    until("bob: two", &mut seen).await;
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("chat.py did not exit")
+        .unwrap();
+    while let Ok(Some(line)) = out.next_line().await {
+        seen.push(line);
+    }
+    assert!(status.success(), "{seen:#?}");
+    let count = |s: &str| seen.iter().filter(|l| l.contains(s)).count();
+    assert_eq!(count("connected as alice in lobby"), 2, "{seen:#?}");
+    assert_eq!(count("could not be resumed"), 0, "{seen:#?}");
+    assert_eq!((count("bob: one"), count("bob: two")), (1, 1), "{seen:#?}");
+    assert_eq!(count("while down"), 1, "{seen:#?}");
+    // Stored once: a new joiner's backlog has each message once.
+    let mut carol = s.join("carol", "lobby").await;
+    let mut texts = Vec::new();
+    for _ in 0..3 {
+        texts.push(
+            recv_json(&mut carol).await["text"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    texts.sort();
+    assert_eq!(texts, ["one", "two", "while down"]);
+    expect_nothing_more(&s, &mut carol, "lobby").await;
+}
