@@ -7,6 +7,7 @@
 #
 #   bench/run.sh                     # REPEATS=3, all servers, all modes
 #   REPEATS=1 SERVERS="wss-chat uws" MODES="broadcast saturate" bench/run.sh
+#   REPEATS=3 SERVERS="wss-chat wss-chat-off" MODES="broadcast saturate" bench/run.sh  # history on vs off
 #
 # Installs its peers: npm packages into bench/peers/node_modules, Go and gorilla/websocket from
 # Debian (apt-get; needs root), and builds everything in release mode.
@@ -42,6 +43,10 @@ TOKEN=bench-token-0123456789
 load_config "$WORK" '["bench"]' 6000 "messages_per_second = 1000000
 burst = 1000000
 handshakes_per_minute_per_ip = 1000000"
+# wss-chat-off: the same with history off (a relay), to price the store.
+mkdir -p "$WORK/off"
+cp "$WORK/config.toml" "$WORK/jwt-secret" "$WORK/cert.pem" "$WORK/key.pem" "$WORK/off/"
+printf '[history]\nstore = "off"\n' >> "$WORK/off/config.toml"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -50,8 +55,12 @@ start() {
   local name=$1 cpus=0
   [ "$name" = wss-chat-2core ] && cpus=0,1
   case $name in
-    wss-chat|wss-chat-2core)
-      start_server "taskset -c $cpus target/release/wss-chat" "$WORK/config.toml" "$WORK/server.log"
+    wss-chat|wss-chat-2core|wss-chat-off)
+      local conf=$WORK/config.toml
+      [ "$name" = wss-chat-off ] && conf=$WORK/off/config.toml
+      # Every run starts from an empty store: no backlog sent to the clients as they join.
+      rm -rf "$WORK/data"
+      start_server "taskset -c $cpus target/release/wss-chat" "$conf" "$WORK/server.log"
       AUTH=(--secret-file "$WORK/jwt-secret") ;;
     *)
       SERVER_PORT=$(free_port)
@@ -118,7 +127,7 @@ metrics = [
     ("handshakes/s, client offers X25519 only", "handshakes-x25519", "handshakes_per_sec", True),
     ("CPU-us per handshake, X25519 only", "handshakes-x25519", "cpu_us_per_handshake", False),
 ]
-servers = [s for s in ["wss-chat", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
+servers = [s for s in ["wss-chat", "wss-chat-off", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
 peers = [s for s in servers if s not in ("wss-chat", "wss-chat-2core")]
 def med(name, mode, key):
     vals = [r[key] for r in rows.get((name, mode), []) if r.get(key) is not None]

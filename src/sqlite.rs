@@ -581,4 +581,56 @@ mod tests {
         assert_eq!(texts, ["a", "b", "c"]);
         assert_eq!(log.find("alice", "b", 0).map(|e| e.seq), Some(2));
     }
+
+    #[test]
+    fn retention_trims_by_count_and_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let metrics = Arc::new(Metrics::new());
+        let mut w = WriterThread {
+            conn: connect(&path, Durability::Normal).unwrap(),
+            path: path.clone(),
+            retention: Retention {
+                max_messages: 3,
+                max_age_ms: 60_000,
+            },
+            metrics: metrics.clone(),
+            tops: HashMap::new(),
+            touched: HashSet::new(),
+            failing: false,
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut writes = Vec::new();
+        for seq in 1..=5 {
+            let mut one = write("lobby", seq, &format!("m{seq}"));
+            if seq == 1 {
+                one.room = "old".into();
+                one.ts -= 120_000; // older than max_age
+            }
+            let tx = tx.clone();
+            let done: Done = Box::new(move |r| tx.send(r.is_ok()).unwrap());
+            writes.push((one, done, Instant::now()));
+        }
+        // "old" has seq 1; lobby's four are 1 to 4.
+        writes[1].0.seq = 1;
+        for (i, (one, _, _)) in writes.iter_mut().enumerate().skip(2) {
+            one.seq = i as u64;
+        }
+        w.commit(writes);
+        assert!(rx.try_iter().all(|ok| ok));
+        let count = |w: &WriterThread| -> i64 {
+            w.conn
+                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&w), 5);
+        w.trim();
+        // The old room's message by age; lobby's oldest by count (4 written, 3 kept).
+        assert_eq!(count(&w), 3);
+        assert_eq!(metrics.store_trimmed.get(), 2);
+        let log = w.load("lobby").unwrap();
+        assert_eq!((log.oldest(), log.top()), (Some(2), 4));
+        // The top (and so the next seq) survives a room trimmed to nothing.
+        assert_eq!(w.load("old").unwrap().top(), 1);
+    }
 }
