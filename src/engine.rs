@@ -6,7 +6,8 @@
 //!   member is added, so nothing is lost or shown twice (presence will start here).
 //! - [`Engine::post`] is one message's path: length -> sanitise -> append to the room's log
 //!   (which assigns `seq`) and fan out, in one step under the room's lock; with a durable
-//!   store, after the store's writer has committed it (the caller awaits that, then acks).
+//!   store, once the store's writer has committed it, and the ack is queued then (the
+//!   session does not wait: a sender's messages are pipelined, acked in commit order).
 //! - [`Engine::history`] pages the room's retained messages.
 //! - Leaving is dropping the [`Member`].
 
@@ -20,7 +21,9 @@ use crate::auth::Identity;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerFrame, WelcomeLimits};
-use crate::room::{next_conn_id, Membership, Outbox, Outgoing, Published, Reservation, Rooms};
+use crate::room::{
+    next_conn_id, Fanout, Membership, Outbox, Outgoing, Published, Reply, Reservation, Rooms,
+};
 use crate::sanitize::Sanitizer;
 use crate::store::{now_ms, Event, EventKind};
 
@@ -261,13 +264,15 @@ impl Engine {
     /// One message from `member`: checked, sanitised, stored and delivered to the others.
     /// A message that carries an `id` this user already used in this room within
     /// `history.dedup_window_s` is not stored or delivered again: the original's seq and text
-    /// come back, from any of the user's connections.
-    pub async fn post(
+    /// come back, from any of the user's connections. `Ok(None)`: the message waits for the
+    /// durable store; its ack (or `unavailable` error) is queued to the member's outbox once
+    /// it is committed, in order, and the caller goes on reading meanwhile.
+    pub fn post(
         &self,
         member: &Member,
         text: &str,
         id: Option<&str>,
-    ) -> Result<Posted, Rejection> {
+    ) -> Result<Option<Posted>, Rejection> {
         if text.len() > self.max_message_bytes {
             return Err(Rejection::TooLong);
         }
@@ -282,37 +287,76 @@ impl Engine {
             id: id.map(str::to_string),
         };
         let resend = id.map(|id| (from, id, now.saturating_sub(self.dedup_window_ms)));
-        let published = room
-            .publish(member.membership.id, now, &kind, resend, |seq| {
-                Message::text(message_frame(&room.name, seq, now, &kind).to_json())
+        let reply = || -> Reply {
+            let (outbox, metrics) = (member.outbox.clone(), self.metrics.clone());
+            let id = id.map(str::to_string);
+            Box::new(move |settled| match settled {
+                Ok((event, fanout)) => {
+                    if let Some(f) = fanout {
+                        count_fanout(&metrics, &f);
+                    }
+                    if let Some(id) = &id {
+                        outbox.push(Message::text(ack_frame(id, &event)));
+                    }
+                }
+                Err(_) => {
+                    let r = Rejection::Unavailable;
+                    metrics.dropped(r.code().as_str());
+                    let frame = ServerFrame::Error {
+                        code: r.code(),
+                        message: r.message(),
+                        id: id.as_deref(),
+                        retry_after_ms: None,
+                    };
+                    outbox.push(Message::text(frame.to_json()));
+                }
             })
+        };
+        let published = room
+            .publish(
+                member.membership.id,
+                now,
+                &kind,
+                resend,
+                |seq| Message::text(message_frame(&room.name, seq, now, &kind).to_json()),
+                reply,
+            )
             .map_err(|_| Rejection::Unavailable)?;
-        let (fanout, text) = match published {
+        match published {
             Published::New(fanout) => {
-                // Only here is the time all fan-out: a queued one also waited for the disk.
+                // Only here is the time all fan-out: a queued one also waits for the disk.
                 self.metrics
                     .fanout_seconds
                     .observe(started.elapsed().as_secs_f64());
+                count_fanout(&self.metrics, &fanout);
                 let EventKind::Message { text, .. } = kind;
-                (fanout, text)
+                Ok(Some(Posted {
+                    seq: fanout.seq,
+                    text,
+                }))
             }
-            Published::Again(original) => return Ok(original.into()),
-            Published::Queued(answer) => match answer.await {
-                Ok(Ok((event, Some(fanout)))) => (fanout, Posted::from(event).text),
-                Ok(Ok((event, None))) => return Ok(event.into()),
-                Ok(Err(_)) | Err(_) => return Err(Rejection::Unavailable),
-            },
-        };
-        let m = &self.metrics;
-        m.messages_delivered.inc_by(fanout.queued);
-        if fanout.overflowed > 0 {
-            m.dropped_by("slow_consumer", fanout.overflowed);
+            Published::Again(original) => Ok(Some(original.into())),
+            Published::Queued => Ok(None),
         }
-        Ok(Posted {
-            seq: fanout.seq,
-            text,
-        })
     }
+}
+
+fn count_fanout(m: &Metrics, fanout: &Fanout) {
+    m.messages_delivered.inc_by(fanout.queued);
+    if fanout.overflowed > 0 {
+        m.dropped_by("slow_consumer", fanout.overflowed);
+    }
+}
+
+/// The ack for a stored message: its seq and the text the others received.
+pub fn ack_frame(id: &str, event: &Event) -> String {
+    let EventKind::Message { text, .. } = &event.kind;
+    ServerFrame::Ack {
+        id,
+        seq: event.seq,
+        text,
+    }
+    .to_json()
 }
 
 impl From<Event> for Posted {

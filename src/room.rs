@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
@@ -136,13 +136,29 @@ struct RoomState {
 /// sent it, what its delivery did (a resend waiting on the same message gets `None`).
 pub type Settled = Result<(Event, Option<Fanout>), StoreError>;
 
-#[derive(Debug)]
+/// Told how a queued message ended, under the room's lock right after its delivery, so a
+/// sender's ack follows in its outbox in commit order without the sender waiting for it.
+pub type Reply = Box<dyn FnOnce(Settled) + Send>;
+
+/// Messages a room may have waiting for the store at once; beyond it a message is refused
+/// (`unavailable`) rather than queued, so a stalled disk cannot grow memory without bound.
+const MAX_PENDING: usize = 4096;
+
 struct Pending {
     ticket: u64,
     from: ConnId,
     event: Event,
     frame: Message,
-    waiters: Vec<oneshot::Sender<Settled>>,
+    waiters: Vec<Reply>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("ticket", &self.ticket)
+            .field("seq", &self.event.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RoomState {
@@ -186,9 +202,9 @@ pub enum Published {
     New(Fanout),
     /// The same message was stored before: this is it; nothing was delivered.
     Again(Event),
-    /// Handed to the store's writer; the answer comes once it is committed (and delivered)
-    /// or refused.
-    Queued(oneshot::Receiver<Settled>),
+    /// Handed to the store's writer; the `reply` given to `publish` is called once it is
+    /// committed (and delivered) or refused.
+    Queued,
 }
 
 /// What one delivering `publish` did.
@@ -214,7 +230,8 @@ impl Room {
     /// With `resend` = (sender, client id, oldest ts in the dedup window), a message already
     /// stored under that id is returned as [`Published::Again`] and delivered to nobody; the
     /// check and the append are one step, so two copies sent at once store one (a copy of
-    /// one still being written waits for it).
+    /// one still being written is answered with it). With a durable store the message is
+    /// [`Published::Queued`] and `reply()` is told the outcome later.
     pub fn publish(
         self: &Arc<Self>,
         from: ConnId,
@@ -222,6 +239,7 @@ impl Room {
         kind: &EventKind,
         resend: Option<(&str, &str, u64)>,
         encode: impl FnOnce(u64) -> Message,
+        reply: impl FnOnce() -> Reply,
     ) -> Result<Published, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((user, id, since_ts)) = resend {
@@ -230,15 +248,17 @@ impl Room {
             }
             let same = |p: &&mut Pending| matches!(&p.event.kind, EventKind::Message { from, id: Some(i), .. } if from == user && i == id);
             if let Some(p) = st.pending.iter_mut().find(same) {
-                let (tx, rx) = oneshot::channel();
-                p.waiters.push(tx);
-                return Ok(Published::Queued(rx));
+                p.waiters.push(reply());
+                return Ok(Published::Queued);
             }
         }
         let Some(writer) = st.writer.clone() else {
             let seq = st.log.append(ts, kind)?;
             return Ok(Published::New(st.deliver(from, encode(seq), seq)));
         };
+        if st.pending.len() >= MAX_PENDING {
+            return Err(StoreError("too many messages waiting for the store".into()));
+        }
         let seq = st.log.top() + st.pending.len() as u64 + 1;
         st.tickets += 1;
         let ticket = st.tickets;
@@ -253,7 +273,6 @@ impl Room {
             },
             Box::new(move |result| room.settle(ticket, result)),
         )?;
-        let (tx, rx) = oneshot::channel();
         st.pending.push_back(Pending {
             ticket,
             from,
@@ -264,9 +283,9 @@ impl Room {
                 kind: kind.clone(),
             },
             frame: encode(seq),
-            waiters: vec![tx],
+            waiters: vec![reply()],
         });
-        Ok(Published::Queued(rx))
+        Ok(Published::Queued)
     }
 
     /// The store's writer reports on write `ticket`. Committed: append it to the log and
@@ -286,16 +305,16 @@ impl Room {
                 let fanout = st.deliver(p.from, p.frame, p.event.seq);
                 let mut waiters = p.waiters.into_iter();
                 if let Some(first) = waiters.next() {
-                    let _ = first.send(Ok((p.event.clone(), Some(fanout))));
+                    first(Ok((p.event.clone(), Some(fanout))));
                 }
                 for w in waiters {
-                    let _ = w.send(Ok((p.event.clone(), None)));
+                    w(Ok((p.event.clone(), None)));
                 }
             }
             Err(e) => {
-                for p in st.pending.drain(..) {
+                for p in std::mem::take(&mut st.pending) {
                     for w in p.waiters {
-                        let _ = w.send(Err(e.clone()));
+                        w(Err(e.clone()));
                     }
                 }
             }
@@ -569,7 +588,14 @@ mod tests {
         };
         match m
             .room
-            .publish(m.id, 0, &kind, None, |seq| Message::text(format!("m{seq}")))
+            .publish(
+                m.id,
+                0,
+                &kind,
+                None,
+                |seq| Message::text(format!("m{seq}")),
+                || Box::new(|_| {}),
+            )
             .unwrap()
         {
             Published::New(f) => f,

@@ -424,8 +424,8 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
             continue;
         }
-        match shared.engine.post(member, body, id).await {
-            Ok(posted) => {
+        match shared.engine.post(member, body, id) {
+            Ok(Some(posted)) => {
                 if let Some(id) = id {
                     let ack = ServerFrame::Ack {
                         id,
@@ -435,6 +435,8 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
                     outbox.push(Message::text(ack.to_json()));
                 }
             }
+            // Waiting for the store: the ack or error is queued when it is committed.
+            Ok(None) => {}
             Err(rejection) => reply_error(rejection.code(), rejection.message(), None),
         }
     }

@@ -414,3 +414,36 @@ fn check_config_names_a_bad_store_value_and_unknown_history_keys() {
     assert!(stderr.contains("history.store"), "{stderr}");
     assert!(stderr.contains("history.retention"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_sender_does_not_wait_for_the_disk_and_its_acks_come_in_order() {
+    let s = Server::start_with(sqlite);
+    let (mut alice, _) = join_q(&s, "alice", "lobby", "").await;
+    let (mut bob, _) = join_q(&s, "bob", "lobby", "").await;
+    // Fifty at once, without waiting: each is acked once, in the order sent, seq 1 to 50.
+    for i in 1..=50 {
+        send_json(
+            &mut alice,
+            json!({"type":"message","text":format!("p{i}"),"id":format!("p{i}")}),
+        )
+        .await;
+    }
+    for i in 1..=50u64 {
+        let ack = recv_json(&mut alice).await;
+        assert_eq!(
+            (
+                ack["type"].as_str(),
+                ack["id"].as_str(),
+                ack["seq"].as_u64()
+            ),
+            (Some("ack"), Some(format!("p{i}").as_str()), Some(i)),
+            "{ack}"
+        );
+        let m = recv_json(&mut bob).await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["text"].as_str()),
+            (Some(i), Some(format!("p{i}").as_str()))
+        );
+    }
+    expect_nothing_more(&s, &mut alice, "lobby").await;
+}
