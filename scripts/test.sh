@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the tests need when it is missing (Debian's
 # Chromium, Node and playwright-core from npm for the browser test; Python's websockets for the
-# terminal client's test), then runs `cargo test`.
+# terminal client's test; prlimit and setpriv for the store's disk-full and unwritable-directory
+# tests), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,10 @@ fi
 if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
   echo "== installing playwright-core"
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+if ! command -v prlimit >/dev/null || ! command -v setpriv >/dev/null; then
+  echo "== installing util-linux (prlimit, setpriv) for the store's failure tests"
+  apt_install util-linux
 fi
 if ! python3 -c 'import websockets' 2>/dev/null; then
   echo "== installing Python websockets for the terminal client test"

@@ -1,11 +1,11 @@
-//! Rooms that remember (in memory so far): the welcome's epoch and seq, the backlog on join,
+//! Rooms that remember (the default SQLite store): the welcome's epoch and seq, the backlog on join,
 //! and resuming with `since` and `epoch` with nothing lost or shown twice.
 
 use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn memory(c: &mut Config) {
+fn stored(c: &mut Config) {
     c.history.store = HistoryStore::Sqlite;
 }
 
@@ -57,7 +57,7 @@ async fn seqs_of(ws: &mut Ws, n: usize) -> Vec<u64> {
 #[tokio::test]
 async fn a_joiner_gets_the_epoch_the_top_seq_and_the_last_messages_then_live() {
     let s = Server::start_with(|c| {
-        memory(c);
+        stored(c);
         c.history.on_join = 3;
     });
     let mut alice = s.join("alice", "lobby").await;
@@ -89,7 +89,7 @@ async fn a_joiner_gets_the_epoch_the_top_seq_and_the_last_messages_then_live() {
 
 #[tokio::test]
 async fn resume_gives_exactly_what_was_missed_while_others_keep_posting() {
-    let s = Server::start_with(memory);
+    let s = Server::start_with(stored);
     let mut alice = s.join("alice", "lobby").await;
     let (mut bob, welcome) = join_with(&s, "bob", "").await.unwrap();
     let epoch = welcome["epoch"].as_str().unwrap().to_string();
@@ -116,7 +116,7 @@ async fn resume_gives_exactly_what_was_missed_while_others_keep_posting() {
 #[tokio::test]
 async fn a_resume_that_cannot_be_exact_says_so_and_gets_the_last_messages() {
     let s = Server::start_with(|c| {
-        memory(c);
+        stored(c);
         c.history.max_messages_per_room = 5;
         c.history.on_join = 2;
     });
@@ -150,7 +150,7 @@ async fn a_resume_that_cannot_be_exact_says_so_and_gets_the_last_messages() {
 
 #[tokio::test]
 async fn a_since_that_is_not_a_whole_number_gets_400_before_the_upgrade() {
-    let s = Server::start_with(memory);
+    let s = Server::start_with(stored);
     for bad in ["abc", "-1", "1.5", "", "18446744073709551616"] {
         let r = join_with(&s, "bob", &format!("?since={bad}&epoch=x")).await;
         assert_eq!(r.err(), Some(400), "since={bad}");
@@ -199,7 +199,7 @@ async fn page(ws: &mut Ws, request: Value) -> (Vec<u64>, bool) {
 #[tokio::test]
 async fn history_pages_go_back_to_the_oldest_retained_and_refuse_bad_values() {
     let s = Server::start_with(|c| {
-        memory(c);
+        stored(c);
         c.history.max_messages_per_room = 8;
         c.history.on_join = 8;
     });
@@ -252,7 +252,7 @@ async fn history_pages_go_back_to_the_oldest_retained_and_refuse_bad_values() {
 
 #[tokio::test]
 async fn a_resent_id_gets_the_original_ack_and_reaches_nobody_twice() {
-    let s = Server::start_with(memory);
+    let s = Server::start_with(stored);
     let mut alice = s.join("alice", "lobby").await;
     let mut bob = s.join("bob", "lobby").await;
     let send = |text: &str| json!({"type":"message","text":text,"id":"r1"});
