@@ -2,7 +2,8 @@
 # The test command (README, CI): installs what the tests need when it is missing (Debian's
 # Chromium, Node and playwright-core from npm for the browser test; Python's websockets for the
 # terminal client's test; prlimit and setpriv for the store's disk-full and unwritable-directory
-# tests), then runs `cargo test`.
+# tests; redis-server for the cluster tests, which start their own on a free port), then runs
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,10 @@ fi
 if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
   echo "== installing playwright-core"
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+if [ ! -x /usr/bin/redis-server ]; then
+  echo "== installing redis-server for the cluster tests (each test starts its own)"
+  apt_install redis-server
 fi
 if ! command -v prlimit >/dev/null || ! command -v setpriv >/dev/null; then
   echo "== installing util-linux (prlimit, setpriv) for the store's failure tests"

@@ -66,6 +66,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub history: HistoryConfig,
     pub presence: PresenceConfig,
+    pub redis: RedisConfig,
     /// Directory of the config file: relative paths in it are resolved from here, so the
     /// server behaves the same whatever directory it is started from.
     #[serde(skip)]
@@ -209,6 +210,8 @@ pub enum HistoryStore {
     Memory,
     /// SQLite at `history.path`: kept across restarts and kill -9.
     Sqlite,
+    /// Redis (`[redis]`): shared by every node, for many nodes serving one chat.
+    Redis,
 }
 
 /// What an ack promises about the disk (SQLite `synchronous`).
@@ -219,6 +222,63 @@ pub enum Durability {
     Full,
     /// Acked => survives a crash of the server, but the last commits may be lost with power.
     Normal,
+}
+
+/// The Redis that nodes share (`history.store = "redis"`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT[/DB]` or `rediss://` (TLS); never with a password in it.
+    pub url: Option<String>,
+    /// The password (or `username:password` ACL pair is not supported: a password only), from a
+    /// file or an environment variable, never from this file.
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// PEM CA to trust for `rediss://` (the system roots when unset).
+    pub ca_file: Option<PathBuf>,
+    /// Every key starts with this.
+    pub key_prefix: String,
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            password_file: None,
+            password_env: None,
+            ca_file: None,
+            key_prefix: "wss-chat".into(),
+            connect_timeout_ms: 2000,
+            command_timeout_ms: 1000,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The password, if one is configured. Errors name the key, never the value.
+    pub fn load_password(&self, base: &Path) -> Result<Option<String>, Problem> {
+        let Some((key, bytes)) = read_secret(
+            base,
+            (self.password_file.as_deref(), "redis.password_file"),
+            (self.password_env.as_deref(), "redis.password_env"),
+        )?
+        else {
+            return Ok(None);
+        };
+        let password = String::from_utf8(bytes).map_err(|_| Problem {
+            key: key.into(),
+            reason: "the password is not UTF-8".into(),
+        })?;
+        if password.is_empty() {
+            return Err(Problem {
+                key: key.into(),
+                reason: "the password is empty".into(),
+            });
+        }
+        Ok(Some(password))
+    }
 }
 
 /// Who is in a room: the welcome's `members`, and join/leave frames.
@@ -286,6 +346,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
+            redis: RedisConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -413,62 +474,73 @@ impl AuthConfig {
     /// whitespace trimmed) or the environment variable. The only reader of the secret, so the
     /// checks at start, the server and `wss-chat token` agree on what it is.
     pub fn load_secret(&self, base: &Path) -> Result<Option<Vec<u8>>, Problem> {
-        let problem = |key: &str, reason: String| Problem {
-            key: key.into(),
-            reason,
-        };
-        let (key, secret) = match (&self.jwt_secret_file, &self.jwt_secret_env) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => {
-                return Err(problem(
-                    "auth.jwt_secret_env",
-                    "set either auth.jwt_secret_file or auth.jwt_secret_env, not both".into(),
-                ))
-            }
-            (Some(f), None) => {
-                let path = if f.is_absolute() {
-                    f.clone()
-                } else {
-                    base.join(f)
-                };
-                let mut bytes = Vec::new();
-                // Bounded, so a path such as /dev/zero fails the check instead of eating memory.
-                std::fs::File::open(&path)
-                    .and_then(|f| f.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes))
-                    .map_err(|e| {
-                        problem(
-                            "auth.jwt_secret_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?;
-                if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-                    return Err(problem(
-                        "auth.jwt_secret_file",
-                        format!(
-                            "{} is larger than {MAX_SECRET_FILE_BYTES} bytes",
-                            path.display()
-                        ),
-                    ));
-                }
-                ("auth.jwt_secret_file", bytes.trim_ascii().to_vec())
-            }
-            (None, Some(var)) => {
-                let s = std::env::var(var).map_err(|_| {
-                    problem(
-                        "auth.jwt_secret_env",
-                        format!("environment variable {var} is not set or not UTF-8"),
-                    )
-                })?;
-                ("auth.jwt_secret_env", s.trim().as_bytes().to_vec())
-            }
+        let Some((key, secret)) = read_secret(
+            base,
+            (self.jwt_secret_file.as_deref(), "auth.jwt_secret_file"),
+            (self.jwt_secret_env.as_deref(), "auth.jwt_secret_env"),
+        )?
+        else {
+            return Ok(None);
         };
         if secret.len() < MIN_JWT_SECRET_BYTES {
-            return Err(problem(
-                key,
-                format!("the secret must be at least {MIN_JWT_SECRET_BYTES} bytes"),
-            ));
+            return Err(Problem {
+                key: key.into(),
+                reason: format!("the secret must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+            });
         }
         Ok(Some(secret))
+    }
+}
+
+/// A secret from a file (relative to `base`, read with a bound) or an environment variable,
+/// trimmed; with the key it came from. Either or neither, never both. The one secret reader:
+/// its errors name the file or variable, never the contents.
+fn read_secret(
+    base: &Path,
+    (file, file_key): (Option<&Path>, &'static str),
+    (env, env_key): (Option<&str>, &'static str),
+) -> Result<Option<(&'static str, Vec<u8>)>, Problem> {
+    let problem = |key: &str, reason: String| Problem {
+        key: key.into(),
+        reason,
+    };
+    match (file, env) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(problem(
+            env_key,
+            format!("set either {file_key} or {env_key}, not both"),
+        )),
+        (Some(f), None) => {
+            let path = if f.is_absolute() {
+                f.to_path_buf()
+            } else {
+                base.join(f)
+            };
+            let mut bytes = Vec::new();
+            // Bounded, so a path such as /dev/zero fails the check instead of eating memory.
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes))
+                .map_err(|e| problem(file_key, format!("cannot read {}: {e}", path.display())))?;
+            if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+                return Err(problem(
+                    file_key,
+                    format!(
+                        "{} is larger than {MAX_SECRET_FILE_BYTES} bytes",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(Some((file_key, bytes.trim_ascii().to_vec())))
+        }
+        (None, Some(var)) => {
+            let s = std::env::var(var).map_err(|_| {
+                problem(
+                    env_key,
+                    format!("environment variable {var} is not set or not UTF-8"),
+                )
+            })?;
+            Ok(Some((env_key, s.trim().as_bytes().to_vec())))
+        }
     }
 }
 
@@ -560,6 +632,7 @@ impl Config {
                 "metrics" => check_keys::<MetricsConfig>,
                 "history" => check_keys::<HistoryConfig>,
                 "presence" => check_keys::<PresenceConfig>,
+                "redis" => check_keys::<RedisConfig>,
                 _ => {
                     problems.push(Problem {
                         key: section.clone(),
@@ -793,6 +866,55 @@ impl Config {
         if h.store == HistoryStore::Sqlite && h.path.as_os_str().is_empty() {
             bad("history.path", "must name a file".into());
         }
+        let r = &self.redis;
+        if let Some(url) = &r.url {
+            let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+            let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+            if !scheme_ok {
+                bad("redis.url", "must start with redis:// or rediss://".into());
+            } else if rest.split('/').next().unwrap_or("").contains('@') {
+                // Never repeat the URL: it holds a secret.
+                bad(
+                    "redis.url",
+                    "must not hold credentials: put the password in redis.password_file or redis.password_env".into(),
+                );
+            }
+            if r.ca_file.is_some() && !url.starts_with("rediss://") {
+                bad("redis.ca_file", "is only used with a rediss:// url".into());
+            }
+        } else if h.store == HistoryStore::Redis {
+            bad(
+                "redis.url",
+                "must be set when history.store = \"redis\"".into(),
+            );
+        }
+        if r.key_prefix.is_empty()
+            || r.key_prefix.len() > 64
+            || !r
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            bad(
+                "redis.key_prefix",
+                "must be 1 to 64 letters, digits, '-', '_', '.' or ':'".into(),
+            );
+        }
+        if !(100..=60_000).contains(&r.connect_timeout_ms) {
+            bad(
+                "redis.connect_timeout_ms",
+                "must be between 100 and 60000".into(),
+            );
+        }
+        if !(50..=60_000).contains(&r.command_timeout_ms) {
+            bad(
+                "redis.command_timeout_ms",
+                "must be between 50 and 60000".into(),
+            );
+        }
+        if let Err(problem) = r.load_password(&self.base_dir) {
+            bad(&problem.key, problem.reason);
+        }
         if !(1..=100_000).contains(&self.presence.max_listed) {
             bad("presence.max_listed", "must be between 1 and 100000".into());
         }
@@ -848,7 +970,7 @@ impl Config {
             ));
         }
         match self.history.store {
-            HistoryStore::Sqlite => {}
+            HistoryStore::Sqlite | HistoryStore::Redis => {}
             HistoryStore::Memory => {
                 w.push("history.store = \"memory\": history is lost when the server stops".into())
             }

@@ -105,6 +105,11 @@ fn message_frame<'a>(room: &'a str, seq: u64, ts: u64, kind: &'a EventKind) -> S
     }
 }
 
+/// A stored event as the frame a client receives.
+pub fn encode_event(event: &Event) -> Message {
+    Message::text(message_frame(&event.room, event.seq, event.ts, &event.kind).to_json())
+}
+
 /// Stored events as the frames a client receives.
 fn encode_all(room: &str, events: Vec<Event>) -> Vec<Message> {
     events

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod redis_store;
 pub mod room;
 pub mod sanitize;
 pub mod server;
@@ -110,6 +111,9 @@ pub fn open_store(
             },
             metrics.clone(),
         )?),
+        config::HistoryStore::Redis => {
+            Arc::new(redis_store::RedisStore::open(config, metrics.clone())?)
+        }
     })
 }
 
@@ -180,7 +184,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     // Echo mode (the conformance suite) speaks no protocol of ours: no presence frames.
     let presence = config.presence.enabled && !config.server.echo_mode;
-    let rooms = room::Rooms::new(&config.rooms, store, presence)?;
+    let rooms = room::Rooms::new(&config.rooms, store.clone(), presence)?;
+    store.attach(Arc::downgrade(&rooms));
     let shared = Arc::new(Shared {
         origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),
         auth,

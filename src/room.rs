@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
 use crate::protocol::ServerFrame;
-use crate::store::{now_ms, Event, EventKind, RoomLog, Store, StoreError, Write, Writer};
+use crate::store::{now_ms, Event, EventKind, RoomLog, Shared, Store, StoreError, Write, Writer};
 
 /// What a connection's writer is asked to send.
 #[derive(Debug)]
@@ -125,6 +125,9 @@ struct RoomState {
     epoch: Arc<str>,
     /// The durable store's writer, if the log is not the store itself.
     writer: Option<Writer>,
+    /// The store shared with other nodes, if any: it assigns seqs and publishes events, which
+    /// come back through [`Room::receive`].
+    shared: Option<Arc<dyn Shared>>,
     /// Messages handed to the writer and not yet settled, in seq order; at most one per
     /// connection (a session waits for its ack), plus resends waiting on them.
     pending: std::collections::VecDeque<Pending>,
@@ -162,14 +165,15 @@ impl std::fmt::Debug for Pending {
 }
 
 impl RoomState {
-    fn new(log: Box<dyn RoomLog>, writer: Option<Writer>) -> Mutex<RoomState> {
+    fn new(log: Box<dyn RoomLog>, store: &dyn Store) -> Mutex<RoomState> {
         Mutex::new(RoomState {
+            writer: store.writer(),
+            shared: store.shared(),
             members: HashMap::new(),
             users: BTreeMap::new(),
             reserved: 0,
             epoch: log.epoch().into(),
             log,
-            writer,
             pending: std::collections::VecDeque::new(),
             tickets: 0,
         })
@@ -252,6 +256,28 @@ impl Room {
                 return Ok(Published::Queued);
             }
         }
+        if let Some(shared) = st.shared.clone() {
+            // Stored and published by the shared store; delivered here when it comes back.
+            let reply = reply();
+            shared.post(
+                self.name.clone(),
+                st.epoch.clone(),
+                from,
+                ts,
+                kind.clone(),
+                Box::new(move |r| {
+                    reply(r.map(|(event, again)| {
+                        let fanout = (!again).then_some(Fanout {
+                            seq: event.seq,
+                            queued: 0,
+                            overflowed: 0,
+                        });
+                        (event, fanout)
+                    }))
+                }),
+            );
+            return Ok(Published::Queued);
+        }
         let Some(writer) = st.writer.clone() else {
             let seq = st.log.append(ts, kind)?;
             return Ok(Published::New(st.deliver(from, encode(seq), seq)));
@@ -321,6 +347,38 @@ impl Room {
         }
     }
 
+    /// An event published by the shared store: appended and delivered (but not to `origin`,
+    /// the connection that sent it) when it is the next seq; a seq already here is a
+    /// duplicate; a later one means events are missing, which the caller fetches first.
+    pub fn receive(
+        &self,
+        event: &Event,
+        origin: Option<ConnId>,
+        encode: impl FnOnce(&Event) -> Message,
+    ) -> Received {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let top = st.log.top();
+        if event.seq <= top {
+            return Received::Duplicate;
+        }
+        if event.seq > top + 1 {
+            return Received::Gap(top);
+        }
+        if st.log.append(event.ts, &event.kind).is_err() {
+            return Received::Duplicate;
+        }
+        Received::Delivered(st.deliver(origin.unwrap_or(0), encode(event), event.seq))
+    }
+
+    /// The room's top seq as this node has it.
+    pub fn top(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .log
+            .top()
+    }
+
     /// Read the room's log (history pages), under the room's lock.
     pub fn with_log<T>(&self, read: impl FnOnce(&dyn RoomLog) -> T) -> T {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -339,6 +397,16 @@ impl Room {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         !st.members.is_empty() || st.reserved > 0
     }
+}
+
+/// What [`Room::receive`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    Delivered(Fanout),
+    /// Already here (published twice, or fetched while filling a gap).
+    Duplicate,
+    /// Events after this top are missing: fetch them first.
+    Gap(u64),
 }
 
 /// Why a join was refused. Both map to the same 403 so a client cannot probe which rooms exist.
@@ -381,7 +449,7 @@ impl Rooms {
                 n.clone(),
                 Arc::new(Room {
                     name: n.as_str().into(),
-                    state: RoomState::new(log, store.writer()),
+                    state: RoomState::new(log, store.as_ref()),
                 }),
             );
         }
@@ -412,7 +480,7 @@ impl Rooms {
                 let log = self.store.open(name).map_err(|_| JoinError::Unavailable)?;
                 let r = Arc::new(Room {
                     name: name.into(),
-                    state: RoomState::new(log, self.store.writer()),
+                    state: RoomState::new(log, self.store.as_ref()),
                 });
                 rooms.insert(name.to_string(), r.clone());
                 r
@@ -480,6 +548,25 @@ impl Rooms {
 
     pub fn count(&self) -> usize {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// A room that exists on this node.
+    pub fn get(&self, name: &str) -> Option<Arc<Room>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every room that exists on this node.
+    pub fn all(&self) -> Vec<Arc<Room>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 

@@ -71,6 +71,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn writer(&self) -> Option<Writer> {
         None
     }
+    /// A store shared by many nodes, which assigns seqs itself and publishes every event to
+    /// every node (redis_store.rs); `None` for a store of this node only.
+    fn shared(&self) -> Option<Arc<dyn Shared>> {
+        None
+    }
+    /// Told the rooms once they exist, so a shared store can hand them events.
+    fn attach(&self, _rooms: std::sync::Weak<crate::room::Rooms>) {}
+}
+
+/// How a post to a shared store ended: the stored event and whether it was stored before
+/// (a resend: nobody is sent it again), or why it was not stored.
+pub type SharedReply = Box<dyn FnOnce(Result<(Event, bool), StoreError>) + Send>;
+
+/// A log shared by every node: seqs are assigned there, and every node (this one included)
+/// delivers an event when the store publishes it, in seq order.
+pub trait Shared: Send + Sync + std::fmt::Debug {
+    /// Store a message (unless `kind`'s id was used by its sender in this room within the
+    /// dedup window) and publish it to every node; `conn` is the sending connection, which
+    /// its own node does not send it to. Never blocks.
+    fn post(
+        &self,
+        room: Arc<str>,
+        epoch: Arc<str>,
+        conn: u64,
+        ts: u64,
+        kind: EventKind,
+        reply: SharedReply,
+    );
 }
 
 /// Told once whether an event handed to a [`Writer`] was committed.

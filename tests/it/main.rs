@@ -6,6 +6,7 @@ mod chat;
 #[path = "../../fuzz/src/lib.rs"]
 mod checks;
 mod closing;
+mod cluster;
 mod config;
 mod first_minutes;
 mod frames;

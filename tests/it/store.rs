@@ -447,3 +447,28 @@ async fn a_sender_does_not_wait_for_the_disk_and_its_acks_come_in_order() {
     }
     expect_nothing_more(&s, &mut alice, "lobby").await;
 }
+
+#[test]
+fn check_config_refuses_a_redis_url_with_credentials_and_never_repeats_it() {
+    let mut c = test_config();
+    c.history.store = HistoryStore::Redis;
+    c.redis.url = Some("redis://:hunter2-secret@127.0.0.1:6379".into());
+    c.redis.key_prefix = "bad prefix".into();
+    let (dir, _ca) = server_dir(&config_toml(&c));
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("redis.url") && stderr.contains("must not hold credentials"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("redis.key_prefix"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password was repeated: {stderr}"
+    );
+}

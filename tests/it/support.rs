@@ -534,3 +534,80 @@ pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
 }
+
+/// A real `redis-server` (the Debian package) on a free loopback port, with a password and
+/// its own temp dir; stopped when dropped.
+pub struct Redis {
+    pub port: u16,
+    pub password: String,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        assert!(
+            std::path::Path::new("/usr/bin/redis-server").exists(),
+            "the cluster tests need redis-server: apt-get install -y redis-server (scripts/test.sh installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let password = "redis-test-password-4f1c9a".to_string();
+        std::fs::write(dir.path().join("password"), &password).unwrap();
+        let port = free_port();
+        let child = Command::new("/usr/bin/redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--requirepass",
+                &password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis {
+            port,
+            password,
+            dir,
+            child,
+        };
+        for _ in 0..250 {
+            if r.connection().is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The file a node reads the password from.
+    pub fn password_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("password")
+    }
+
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let c = redis::Client::open(format!(
+            "redis://:{}@127.0.0.1:{}",
+            self.password, self.port
+        ))?;
+        let mut con = c.get_connection_with_timeout(Duration::from_secs(1))?;
+        redis::cmd("PING").query::<String>(&mut con)?;
+        Ok(con)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,513 @@
+//! Many nodes, one chat: the store shared through Redis (`history.store = "redis"`).
+//!
+//! One Lua script per message does, atomically, what makes the rooms one chat: the resend
+//! check on (room, user, id), the room's epoch if it has none, the next seq (HINCRBY), the
+//! stream entry with the explicit id `SEQ-0` (exact MAXLEN), expiry, and the PUBLISH to every
+//! node. So seq order is stream order is delivery order everywhere. Each node has one pub/sub
+//! connection (not one per room or client) and hands every event to its room
+//! ([`Room::receive`]), which delivers the next seq, drops one it has, and reports a gap,
+//! filled here from the stream (XRANGE) before anything later is delivered; after the
+//! subscription is re-established every room catches up the same way. A room is opened
+//! from the stream (its epoch, top and last messages), so resume and paging read the shared
+//! history from any node. The sender's own node does not send a message back to the sending
+//! connection: the event names its node and connection.
+//!
+//! Everything Redis runs on its own thread with a small runtime, so a slow Redis never takes
+//! a worker of the sockets' runtime; the password is read from a file or the environment,
+//! kept in the client, and never logged.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::engine::encode_event;
+use crate::metrics::Metrics;
+use crate::room::{Received, Rooms};
+use crate::store::{
+    new_epoch, Event, EventKind, MemoryLog, RoomLog, Shared, SharedReply, Store, StoreError,
+};
+
+/// Stores a message, or answers a resend with the original's seq; publishes a new one.
+/// KEYS: meta, stream, id key. ARGV: epoch, ts, from, text, id, maxlen, dedup_s, ttl_s,
+/// channel, room, node, conn.
+const POST: &str = r#"
+if ARGV[5] ~= '' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {tonumber(seen), 1} end
+end
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], seq .. '-0',
+  'ts', ARGV[2], 'from', ARGV[3], 'text', ARGV[4], 'id', ARGV[5])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], seq, 'EX', ARGV[7]) end
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('PUBLISH', ARGV[9], cjson.encode({room = ARGV[10], epoch = epoch, seq = seq,
+  ts = tonumber(ARGV[2]), from = ARGV[3], text = ARGV[4], id = ARGV[5],
+  node = ARGV[11], conn = ARGV[12]}))
+return {seq, 0}
+"#;
+
+/// A room's epoch (made now if it has none), top seq and newest `count` stream entries.
+/// KEYS: meta, stream. ARGV: fresh epoch, ttl_s, count.
+const OPEN: &str = r#"
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+return {meta[1], meta[2] or '0', redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
+"#;
+
+/// A stream entry as XRANGE returns it: `SEQ-0` and the flat field list.
+type Entry = (String, Vec<String>);
+
+enum Job {
+    Open {
+        room: String,
+        reply: std::sync::mpsc::SyncSender<Result<MemoryLog, StoreError>>,
+    },
+    Post {
+        room: Arc<str>,
+        epoch: Arc<str>,
+        conn: u64,
+        ts: u64,
+        kind: EventKind,
+        reply: SharedReply,
+    },
+}
+
+/// What every task of the Redis thread needs.
+struct Ctx {
+    prefix: String,
+    channel: String,
+    /// Names this process in published events, so it knows its own senders.
+    node: String,
+    max_messages: usize,
+    max_age_ms: u64,
+    dedup_s: u64,
+    rooms: Arc<OnceLock<Weak<Rooms>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ctx {
+    /// A room's keys share the `{room}` hash tag, so one script's keys live on one Redis
+    /// Cluster slot.
+    fn key(&self, room: &str, what: &str) -> String {
+        format!("{}:{{{room}}}:{what}", self.prefix)
+    }
+
+    fn ttl_s(&self) -> u64 {
+        (self.max_age_ms / 1000).max(1)
+    }
+}
+
+#[derive(Debug)]
+pub struct RedisStore {
+    jobs: mpsc::UnboundedSender<Job>,
+    rooms: Arc<OnceLock<Weak<Rooms>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Open { room, .. } => write!(f, "Open({room})"),
+            Job::Post { room, .. } => write!(f, "Post({room})"),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connect (within `redis.connect_timeout_ms`) and start the Redis thread. Errors name
+    /// the key and never the password.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<RedisStore, String> {
+        let r = &config.redis;
+        let url = r.url.as_deref().ok_or("redis.url: not set")?;
+        let password = r
+            .load_password(&config.base_dir)
+            .map_err(|p| format!("{}: {}", p.key, p.reason))?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| format!("redis.url: {e}"))?;
+        if let Some(pw) = password {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &r.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(config.resolve(ca))
+                    .map_err(|e| format!("redis.ca_file: cannot read {}: {e}", ca.display()))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| format!("redis.url: {e}"))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(r.connect_timeout_ms)))
+            .set_response_timeout(Some(Duration::from_millis(r.command_timeout_ms)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
+        let manager = runtime
+            .block_on(async {
+                let m = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+                let mut probe = m.clone();
+                let _: String = redis::cmd("PING").query_async(&mut probe).await?;
+                Ok::<_, redis::RedisError>(m)
+            })
+            .map_err(|e| format!("redis.url: cannot reach Redis: {e}"))?;
+        let ctx = Arc::new(Ctx {
+            prefix: r.key_prefix.clone(),
+            channel: format!("{}:events", r.key_prefix),
+            node: new_epoch().map_err(|e| e.0)?,
+            max_messages: config.history.max_messages_per_room,
+            max_age_ms: config.history.max_age_hours.saturating_mul(3_600_000),
+            dedup_s: config.history.dedup_window_s,
+            rooms: Arc::new(OnceLock::new()),
+            metrics,
+        });
+        info!(prefix = %ctx.prefix, node = %ctx.node, "connected to Redis");
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let rooms = ctx.rooms.clone();
+        std::thread::Builder::new()
+            .name("redis".into())
+            .spawn(move || runtime.block_on(serve(ctx, client, manager, rx)))
+            .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
+        Ok(RedisStore { jobs, rooms })
+    }
+}
+
+impl Store for RedisStore {
+    /// Blocks for one round trip to Redis (bounded by `redis.command_timeout_ms`).
+    fn open(&self, room: &str) -> Result<Box<dyn RoomLog>, StoreError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send(Job::Open {
+                room: room.to_string(),
+                reply,
+            })
+            .map_err(|_| StoreError("the Redis thread has stopped".into()))?;
+        let log = answer
+            .recv()
+            .map_err(|_| StoreError("the Redis thread has stopped".into()))??;
+        Ok(Box::new(log))
+    }
+
+    fn shared(&self) -> Option<Arc<dyn Shared>> {
+        Some(Arc::new(Poster {
+            jobs: self.jobs.clone(),
+        }))
+    }
+
+    fn attach(&self, rooms: Weak<Rooms>) {
+        let _ = self.rooms.set(rooms);
+    }
+}
+
+#[derive(Debug)]
+struct Poster {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Shared for Poster {
+    fn post(
+        &self,
+        room: Arc<str>,
+        epoch: Arc<str>,
+        conn: u64,
+        ts: u64,
+        kind: EventKind,
+        reply: SharedReply,
+    ) {
+        let job = Job::Post {
+            room,
+            epoch,
+            conn,
+            ts,
+            kind,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(Job::Post { reply, .. })) = self.jobs.send(job) {
+            reply(Err(StoreError("the Redis thread has stopped".into())));
+        }
+    }
+}
+
+async fn serve(
+    ctx: Arc<Ctx>,
+    client: redis::Client,
+    manager: ConnectionManager,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
+    tokio::spawn(subscribe(ctx.clone(), client, manager.clone()));
+    let open = Script::new(OPEN);
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Open { room, reply } => {
+                let result = open_room(&ctx, manager.clone(), &open, &room).await;
+                let _ = reply.send(result);
+            }
+            Job::Post {
+                room,
+                epoch,
+                conn,
+                ts,
+                kind,
+                reply,
+            } => {
+                // Each is one EVAL, sent in this order on the one multiplexed connection, so a
+                // sender's messages get their seqs in the order sent. (EVALSHA would be
+                // smaller, but its NOSCRIPT retry after a Redis restart sends a message again
+                // behind later ones.)
+                let (ctx, mut con) = (ctx.clone(), manager.clone());
+                tokio::spawn(async move {
+                    let EventKind::Message { from, text, id } = &kind;
+                    let id_key =
+                        ctx.key(&room, &format!("id:{from}:{}", id.as_deref().unwrap_or("")));
+                    let started = std::time::Instant::now();
+                    let result: redis::RedisResult<(u64, u8)> = redis::cmd("EVAL")
+                        .arg(POST)
+                        .arg(3)
+                        .arg(ctx.key(&room, "meta"))
+                        .arg(ctx.key(&room, "stream"))
+                        .arg(id_key)
+                        .arg(&*epoch)
+                        .arg(ts)
+                        .arg(from)
+                        .arg(text)
+                        .arg(id.as_deref().unwrap_or(""))
+                        .arg(ctx.max_messages)
+                        .arg(ctx.dedup_s)
+                        .arg(ctx.ttl_s())
+                        .arg(&ctx.channel)
+                        .arg(&*room)
+                        .arg(&ctx.node)
+                        .arg(conn)
+                        .query_async(&mut con)
+                        .await;
+                    ctx.metrics
+                        .store_append_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    match result {
+                        Ok((seq, 0)) => reply(Ok((
+                            Event {
+                                room: room.clone(),
+                                seq,
+                                ts,
+                                kind,
+                            },
+                            false,
+                        ))),
+                        Ok((seq, _)) => match fetch(&ctx, &mut con, &room, seq, seq).await {
+                            Ok(mut events) if !events.is_empty() => {
+                                reply(Ok((events.remove(0), true)))
+                            }
+                            // The original was trimmed: its seq is all that is known.
+                            _ => reply(Ok((
+                                Event {
+                                    room: room.clone(),
+                                    seq,
+                                    ts,
+                                    kind,
+                                },
+                                true,
+                            ))),
+                        },
+                        Err(e) => {
+                            ctx.metrics.store_failures.inc();
+                            warn!(error = %e, "Redis refused a message; it reached nobody");
+                            reply(Err(StoreError(e.to_string())))
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn open_room(
+    ctx: &Ctx,
+    mut con: ConnectionManager,
+    script: &Script,
+    room: &str,
+) -> Result<MemoryLog, StoreError> {
+    let fresh = new_epoch()?;
+    let (epoch, top, newest): (String, String, Vec<Entry>) = script
+        .key(ctx.key(room, "meta"))
+        .key(ctx.key(room, "stream"))
+        .arg(fresh)
+        .arg(ctx.ttl_s())
+        .arg(ctx.max_messages)
+        .invoke_async(&mut con)
+        .await
+        .map_err(|e| StoreError(format!("Redis: {e}")))?;
+    let top: u64 = top.parse().unwrap_or(0);
+    let mut log = MemoryLog::new(room, epoch, top, ctx.max_messages, ctx.max_age_ms);
+    let room: Arc<str> = room.into();
+    for entry in newest.into_iter().rev() {
+        if let Some(event) = parse_entry(&room, entry) {
+            log.load(event);
+        }
+    }
+    Ok(log)
+}
+
+/// Stream entries `from..=to` of a room, oldest first.
+async fn fetch(
+    ctx: &Ctx,
+    con: &mut ConnectionManager,
+    room: &Arc<str>,
+    from: u64,
+    to: u64,
+) -> redis::RedisResult<Vec<Event>> {
+    let entries: Vec<Entry> = con
+        .xrange(
+            ctx.key(room, "stream"),
+            format!("{from}-0"),
+            format!("{to}-0"),
+        )
+        .await?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| parse_entry(room, e))
+        .collect())
+}
+
+fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<Event> {
+    let seq = id.strip_suffix("-0")?.parse().ok()?;
+    let mut ts = 0;
+    let (mut from, mut text, mut cid) = (String::new(), String::new(), None);
+    for pair in fields.chunks(2) {
+        let [k, v] = pair else { continue };
+        match k.as_str() {
+            "ts" => ts = v.parse().ok()?,
+            "from" => from = v.clone(),
+            "text" => text = v.clone(),
+            "id" if !v.is_empty() => cid = Some(v.clone()),
+            _ => {}
+        }
+    }
+    Some(Event {
+        room: room.clone(),
+        seq,
+        ts,
+        kind: EventKind::Message {
+            from,
+            text,
+            id: cid,
+        },
+    })
+}
+
+/// An event as the script publishes it.
+#[derive(serde::Deserialize)]
+struct Published {
+    room: String,
+    seq: u64,
+    ts: u64,
+    from: String,
+    text: String,
+    id: String,
+    node: String,
+    conn: String,
+}
+
+/// The node's one subscription: every event to its room, gaps filled from the stream; on
+/// every (re)subscription each room catches up from its top.
+async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionManager) {
+    loop {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "Redis subscription failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&ctx.channel).await {
+            warn!(error = %e, "Redis subscription failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        debug!(channel = %ctx.channel, "subscribed");
+        // Whatever was published while unsubscribed is in the streams.
+        if let Some(rooms) = ctx.rooms.get().and_then(Weak::upgrade) {
+            for room in rooms.all() {
+                let name: Arc<str> = room.name.clone();
+                let top = room.top();
+                if let Ok(events) = fetch(&ctx, &mut con, &name, top + 1, u64::MAX / 2).await {
+                    for e in events {
+                        room.receive(&e, None, encode_event);
+                    }
+                }
+            }
+        }
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            let Ok(p) = serde_json::from_str::<Published>(&payload) else {
+                warn!("an event on {} that is not ours", ctx.channel);
+                continue;
+            };
+            deliver(&ctx, &mut con, p).await;
+        }
+        warn!("Redis subscription lost; resubscribing");
+    }
+}
+
+async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
+    let Some(room) = ctx
+        .rooms
+        .get()
+        .and_then(Weak::upgrade)
+        .and_then(|rooms| rooms.get(&p.room))
+    else {
+        return; // nobody here is in that room
+    };
+    let origin = (p.node == ctx.node).then(|| p.conn.parse().ok()).flatten();
+    let event = Event {
+        room: room.name.clone(),
+        seq: p.seq,
+        ts: p.ts,
+        kind: EventKind::Message {
+            from: p.from,
+            text: p.text,
+            id: (!p.id.is_empty()).then_some(p.id),
+        },
+    };
+    let mut received = room.receive(&event, origin, encode_event);
+    if let Received::Gap(top) = received {
+        // Missed events (a lost publish, a reconnect): the stream has them, in order.
+        if let Ok(missing) = fetch(ctx, con, &room.name, top + 1, event.seq - 1).await {
+            for e in &missing {
+                count(ctx, room.receive(e, None, encode_event));
+            }
+        }
+        received = room.receive(&event, origin, encode_event);
+    }
+    count(ctx, received);
+}
+
+fn count(ctx: &Ctx, received: Received) {
+    if let Received::Delivered(f) = received {
+        ctx.metrics.messages_delivered.inc_by(f.queued);
+        if f.overflowed > 0 {
+            ctx.metrics.dropped_by("slow_consumer", f.overflowed);
+        }
+    }
+}

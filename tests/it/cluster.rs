@@ -1,0 +1,177 @@
+//! Many nodes, one chat, on a real redis-server: one seq order for a room whatever node its
+//! senders are on, resume on another node, a resend to another node answered with the
+//! original, every key under the prefix with the room's hash tag, no password in any log.
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn node(redis: &Redis) -> Server {
+    let (url, password_file) = (redis.url(), redis.password_file());
+    Server::start_with(move |c| {
+        c.history.store = HistoryStore::Redis;
+        c.redis.url = Some(url);
+        c.redis.password_file = Some(password_file);
+    })
+}
+
+async fn join_q(s: &Server, user: &str, query: &str) -> (Ws, Value) {
+    let auth = format!("Bearer {}", token(user));
+    let mut ws = s
+        .upgrade(
+            &format!("/rooms/lobby{query}"),
+            &[("Origin", ORIGIN), ("Authorization", &auth)],
+        )
+        .await
+        .unwrap_or_else(|st| panic!("{user}: HTTP {st}"));
+    let welcome = recv_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// The next `n` message frames as (seq, text).
+async fn messages(ws: &mut Ws, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = recv_json(ws).await;
+        if m["type"] == "message" {
+            out.push((
+                m["seq"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn senders_on_two_nodes_share_one_seq_order_and_resume_works_on_either() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut watch_a, welcome) = join_q(&a, "carol", "").await;
+    let epoch = welcome["epoch"].as_str().unwrap().to_string();
+    let (mut watch_b, welcome_b) = join_q(&b, "carol", "").await;
+    assert_eq!(
+        welcome_b["epoch"],
+        epoch.as_str(),
+        "one epoch for the room on every node"
+    );
+    let (mut alice, _) = join_q(&a, "alice", "").await;
+    let (mut bob, _) = join_q(&b, "bob", "").await;
+    // Both send 30 at once, without waiting; each is acked in order.
+    for i in 0..30 {
+        send_json(
+            &mut alice,
+            json!({"type":"message","text":format!("a{i}"),"id":format!("a{i}")}),
+        )
+        .await;
+        send_json(
+            &mut bob,
+            json!({"type":"message","text":format!("b{i}"),"id":format!("b{i}")}),
+        )
+        .await;
+    }
+    let on_a = messages(&mut watch_a, 60).await;
+    let on_b = messages(&mut watch_b, 60).await;
+    assert_eq!(on_a, on_b, "the same order on both nodes");
+    assert_eq!(
+        on_a.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=60).collect::<Vec<_>>()
+    );
+    // Each sender's acks, in order; nobody gets their own message back.
+    for (ws, p) in [(&mut alice, "a"), (&mut bob, "b")] {
+        let (mut last, mut i) = (0, 0);
+        while i < 30 {
+            let v = recv_json(ws).await;
+            if v["type"] == "message" {
+                assert_ne!(v["from"], if p == "a" { "alice" } else { "bob" }, "{v}");
+                continue;
+            }
+            assert_eq!(
+                (v["type"].as_str(), v["id"].as_str()),
+                (Some("ack"), Some(format!("{p}{i}").as_str())),
+                "{v}"
+            );
+            let seq = v["seq"].as_u64().unwrap();
+            assert!(seq > last);
+            last = seq;
+            assert_eq!(on_a[seq as usize - 1].1, format!("{p}{i}"));
+            i += 1;
+        }
+    }
+    // Resume on the other node: carol saw up to 40 on node A; she comes back on node B.
+    drop(watch_a);
+    let (mut back, welcome) = join_q(&b, "carol", &format!("?since=40&epoch={epoch}")).await;
+    assert_eq!(
+        (welcome["recovered"].as_bool(), welcome["seq"].as_u64()),
+        (Some(true), Some(60)),
+        "{welcome}"
+    );
+    assert_eq!(messages(&mut back, 20).await, on_a[40..].to_vec());
+    // A resend of an acked id through the other node: the original ack, delivered to nobody.
+    let (mut alice_b, _) = join_q(&b, "alice", "").await;
+    messages(&mut alice_b, 50).await; // her backlog
+    send_json(
+        &mut alice_b,
+        json!({"type":"message","text":"again","id":"a3"}),
+    )
+    .await;
+    let ack = loop {
+        let v = recv_json(&mut alice_b).await;
+        if v["type"] == "ack" {
+            break v;
+        }
+    };
+    let original = on_a.iter().position(|m| m.1 == "a3").unwrap() as u64 + 1;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["text"].as_str()),
+        (Some(original), Some("a3")),
+        "{ack}"
+    );
+    send_json(&mut bob, json!({"type":"message","text":"marker"})).await;
+    assert_eq!(
+        messages(&mut back, 1).await,
+        [(61, "marker".to_string())],
+        "nothing before the marker"
+    );
+}
+
+#[tokio::test]
+async fn keys_carry_the_prefix_and_the_room_tag_and_no_log_holds_the_password() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let (mut alice, _) = join_q(&a, "alice", "").await;
+    send_json(&mut alice, json!({"type":"message","text":"hi","id":"k1"})).await;
+    assert_eq!(recv_json(&mut alice).await["type"], "ack");
+    let mut con = redis.connection().unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    keys.sort();
+    // Each room's epoch is made when a node first opens it (the listed rooms at start).
+    assert_eq!(
+        keys,
+        [
+            "wss-chat:{lobby}:id:alice:k1",
+            "wss-chat:{lobby}:meta",
+            "wss-chat:{lobby}:stream",
+            "wss-chat:{other}:meta",
+            "wss-chat:{secret}:meta",
+        ],
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("wss-chat:{lobby}:stream")
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 168 * 3600,
+        "history expires with history.max_age_hours: {ttl}"
+    );
+    let logs = a.log();
+    assert!(
+        logs.iter().any(|l| l.contains("DEBUG")),
+        "the log is at debug level"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains(&redis.password)),
+        "the password was logged"
+    );
+}
