@@ -40,6 +40,8 @@ pub enum Refusal {
     RoomFull,
     /// The user already holds `server.max_connections_per_user` connections.
     UserCap,
+    /// The shared store does not answer: refused rather than served by this node alone.
+    Unavailable,
 }
 
 impl Refusal {
@@ -50,7 +52,7 @@ impl Refusal {
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
             Refusal::Origin(_) | Refusal::Room => StatusCode::FORBIDDEN,
             Refusal::Token(_) => StatusCode::UNAUTHORIZED,
-            Refusal::RoomFull => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::RoomFull | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +68,7 @@ impl Refusal {
             Refusal::Room => "room not available",
             Refusal::RoomFull => "room full",
             Refusal::UserCap => "too many connections for this user",
+            Refusal::Unavailable => "storage unavailable, try again shortly",
         }
     }
 
@@ -78,6 +81,7 @@ impl Refusal {
             Refusal::Token(_) => "token",
             Refusal::Room => "room",
             Refusal::RoomFull | Refusal::UserCap => "cap",
+            Refusal::Unavailable => "unavailable",
         }
     }
 }
@@ -109,6 +113,9 @@ pub fn gate<B>(
         .limits
         .check_handshake(peer.ip())
         .map_err(Refusal::Rate)?;
+    if !shared.engine.rooms.ready() {
+        return Err(Refusal::Unavailable);
+    }
 
     let h = req.headers();
     if !headers::lists(h, &UPGRADE, "websocket") {

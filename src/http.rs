@@ -93,6 +93,13 @@ pub async fn handle(
             r
         }
         Route::Health => plain(StatusCode::OK, "ok"),
+        // For load balancers: this node can serve new clients (its store answers).
+        Route::Ready if shared.engine.rooms.ready() => plain(StatusCode::OK, "ready"),
+        Route::Ready => {
+            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable");
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
+            r
+        }
         Route::Favicon => {
             // Browsers ask on every page load; no icon rather than a 404 in their console.
             let mut r = Response::new(Body::default());
@@ -119,6 +126,8 @@ pub enum Route<'a> {
     /// upgrade was refused).
     Check(&'a str),
     Health,
+    /// `/readyz`: 200 while the store answers, else 503 (`/healthz` stays 200).
+    Ready,
     Favicon,
     /// A file of the browser client, compiled in: body and content type.
     Page(&'static str, &'static str),
@@ -130,6 +139,7 @@ pub enum Route<'a> {
 pub fn route(path: &str) -> Route<'_> {
     match path {
         "/healthz" => Route::Health,
+        "/readyz" => Route::Ready,
         "/favicon.ico" => Route::Favicon,
         "/" | "/index.html" => {
             Route::Page(include_str!("web/index.html"), "text/html; charset=utf-8")
@@ -219,6 +229,9 @@ fn refusal_response(refusal: Refusal) -> Response<Body> {
         Refusal::Rate(wait) => {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        Refusal::Unavailable => {
+            h.insert(RETRY_AFTER, HeaderValue::from(5));
         }
         Refusal::NotUpgrade | Refusal::Version => {
             h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));

@@ -16,6 +16,7 @@
 //! a worker of the sockets' runtime; the password is read from a file or the environment,
 //! kept in the client, and never logged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -93,9 +94,22 @@ struct Ctx {
     dedup_s: u64,
     rooms: Arc<OnceLock<Weak<Rooms>>>,
     metrics: Arc<Metrics>,
+    /// Redis answered the last health check (a PING every second, bounded by
+    /// `redis.command_timeout_ms`) and the last command.
+    healthy: Arc<AtomicBool>,
 }
 
 impl Ctx {
+    fn set_healthy(&self, now: bool) {
+        if self.healthy.swap(now, Ordering::Relaxed) != now {
+            if now {
+                info!("Redis answers again: accepting upgrades and messages");
+            } else {
+                warn!("Redis does not answer: refusing upgrades (503) and messages (unavailable) until it does");
+            }
+        }
+    }
+
     /// A room's keys share the `{room}` hash tag, so one script's keys live on one Redis
     /// Cluster slot.
     fn key(&self, room: &str, what: &str) -> String {
@@ -111,6 +125,7 @@ impl Ctx {
 pub struct RedisStore {
     jobs: mpsc::UnboundedSender<Job>,
     rooms: Arc<OnceLock<Weak<Rooms>>>,
+    healthy: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Job {
@@ -178,15 +193,20 @@ impl RedisStore {
             dedup_s: config.history.dedup_window_s,
             rooms: Arc::new(OnceLock::new()),
             metrics,
+            healthy: Arc::new(AtomicBool::new(true)),
         });
         info!(prefix = %ctx.prefix, node = %ctx.node, "connected to Redis");
         let (jobs, rx) = mpsc::unbounded_channel();
-        let rooms = ctx.rooms.clone();
+        let (rooms, healthy) = (ctx.rooms.clone(), ctx.healthy.clone());
         std::thread::Builder::new()
             .name("redis".into())
             .spawn(move || runtime.block_on(serve(ctx, client, manager, rx)))
             .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
-        Ok(RedisStore { jobs, rooms })
+        Ok(RedisStore {
+            jobs,
+            rooms,
+            healthy,
+        })
     }
 }
 
@@ -214,6 +234,10 @@ impl Store for RedisStore {
 
     fn attach(&self, rooms: Weak<Rooms>) {
         let _ = self.rooms.set(rooms);
+    }
+
+    fn ready(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 }
 
@@ -253,6 +277,7 @@ async fn serve(
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
     tokio::spawn(subscribe(ctx.clone(), client, manager.clone()));
+    tokio::spawn(check_health(ctx.clone(), manager.clone()));
     let open = Script::new(OPEN);
     while let Some(job) = jobs.recv().await {
         match job {
@@ -301,6 +326,7 @@ async fn serve(
                     ctx.metrics
                         .store_append_seconds
                         .observe(started.elapsed().as_secs_f64());
+                    ctx.set_healthy(result.is_ok());
                     match result {
                         Ok((seq, 0)) => reply(Ok((
                             Event {
@@ -410,6 +436,16 @@ fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<Event> {
             id: cid,
         },
     })
+}
+
+/// PING every second: readiness follows Redis within about a second plus the command
+/// timeout, and the connection manager reconnects as soon as Redis is back.
+async fn check_health(ctx: Arc<Ctx>, mut con: ConnectionManager) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+        ctx.set_healthy(pong.is_ok());
+    }
 }
 
 /// An event as the script publishes it.

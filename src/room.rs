@@ -550,6 +550,11 @@ impl Rooms {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Whether the store answers (see [`Store::ready`]).
+    pub fn ready(&self) -> bool {
+        self.store.ready()
+    }
+
     /// A room that exists on this node.
     pub fn get(&self, name: &str) -> Option<Arc<Room>> {
         self.rooms

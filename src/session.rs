@@ -400,6 +400,14 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
                 reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
                 continue;
             }
+            if !shared.engine.rooms.ready() {
+                reply_error(
+                    ErrorCode::Unavailable,
+                    "history is unavailable; try again later",
+                    None,
+                );
+                continue;
+            }
             match shared.engine.history(member, id, before, limit) {
                 Some(page) => {
                     outbox.push(Message::text(page));

@@ -78,6 +78,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Told the rooms once they exist, so a shared store can hand them events.
     fn attach(&self, _rooms: std::sync::Weak<crate::room::Rooms>) {}
+    /// Whether the store answers now. A shared store that cannot be reached is not: new
+    /// upgrades and history requests are refused rather than served from this node alone.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// How a post to a shared store ended: the stored event and whether it was stored before

@@ -341,7 +341,7 @@ pub fn upgrade_path(data: &[u8]) {
                 );
             }
         }
-        Route::Health | Route::Favicon | Route::Page(..) => {
+        Route::Health | Route::Ready | Route::Favicon | Route::Page(..) => {
             assert!(!path.starts_with("/rooms/") && !path.starts_with("/check/"));
         }
     }

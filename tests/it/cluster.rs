@@ -175,3 +175,149 @@ async fn keys_carry_the_prefix_and_the_room_tag_and_no_log_holds_the_password() 
         "the password was logged"
     );
 }
+
+/// GET `path` on the main port: the status line's code.
+async fn status_of(s: &Server, path: &str) -> String {
+    let resp = s
+        .https_raw(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    resp.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn with_redis_down_a_node_fails_closed_and_recovers_when_it_returns() {
+    let mut redis = Redis::start();
+    let a = node(&redis);
+    let (mut alice, _) = join_q(&a, "alice", "").await;
+    let (mut bob, _) = join_q(&a, "bob", "").await;
+    send_json(
+        &mut alice,
+        json!({"type":"message","text":"before","id":"r0"}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut alice).await["seq"], 1);
+    assert_eq!(messages(&mut bob, 1).await, [(1, "before".to_string())]);
+    redis.stop();
+    // A message now is refused and reaches nobody; the sockets stay open.
+    send_json(
+        &mut alice,
+        json!({"type":"message","text":"lost","id":"r1"}),
+    )
+    .await;
+    let e = recv_json(&mut alice).await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("unavailable"), Some("r1")),
+        "{e}"
+    );
+    // Within 5 s: /readyz 503, /healthz 200, a new upgrade 503 with Retry-After, a history
+    // request refused.
+    let t = std::time::Instant::now();
+    while !status_of(&a, "/readyz").await.contains("503") {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "/readyz still ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(status_of(&a, "/healthz").await.contains("200"));
+    let auth = format!("Bearer {}", token("carol"));
+    let refused = a
+        .https_raw(
+            format!(
+                "GET /rooms/lobby HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {ORIGIN}\r\n\
+                 Authorization: {auth}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 5"),
+        "{refused}"
+    );
+    send_json(&mut bob, json!({"type":"history","id":"h"})).await;
+    let h = recv_json(&mut bob).await;
+    assert_eq!(
+        (h["code"].as_str(), h["id"].as_str()),
+        (Some("unavailable"), Some("h")),
+        "{h}"
+    );
+    // Redis is back with its data: within 10 s messages flow again, seq 2 (the refused one
+    // took none), and "lost" never arrives.
+    redis.start_again(false);
+    let t = std::time::Instant::now();
+    let mut n = 0;
+    let ack = loop {
+        n += 1;
+        send_json(
+            &mut alice,
+            json!({"type":"message","text":"after","id":format!("a{n}")}),
+        )
+        .await;
+        let v = recv_json(&mut alice).await;
+        if v["type"] == "ack" {
+            break v;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "still refused: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(ack["seq"], 2, "{ack}");
+    assert_eq!(messages(&mut bob, 1).await, [(2, "after".to_string())]);
+    assert!(status_of(&a, "/readyz").await.contains("200"));
+}
+
+#[tokio::test]
+async fn a_killed_subscription_or_node_loses_nothing() {
+    let redis = Redis::start();
+    let (a, mut b) = (node(&redis), node(&redis));
+    let (mut alice, welcome) = join_q(&a, "alice", "").await;
+    let epoch = welcome["epoch"].as_str().unwrap().to_string();
+    let (mut bob, _) = join_q(&b, "bob", "").await;
+    // Kill every node's subscription while alice keeps posting: bob still gets all, in order.
+    let mut con = redis.connection().unwrap();
+    for i in 1..=20 {
+        send_json(
+            &mut alice,
+            json!({"type":"message","text":format!("m{i}"),"id":format!("m{i}")}),
+        )
+        .await;
+        if i == 5 || i == 12 {
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut con)
+                .unwrap();
+            assert!(killed >= 2, "killed {killed} subscriptions");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let got = messages(&mut bob, 20).await;
+    assert_eq!(
+        got,
+        (1..=20).map(|i| (i, format!("m{i}"))).collect::<Vec<_>>()
+    );
+    // Node B dies (kill -9): bob comes back on node A and resumes exactly.
+    b.kill();
+    for i in 21..=23 {
+        send_json(
+            &mut alice,
+            json!({"type":"message","text":format!("m{i}"),"id":format!("m{i}")}),
+        )
+        .await;
+    }
+    let (mut bob, welcome) = join_q(&a, "bob", &format!("?since=20&epoch={epoch}")).await;
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    assert_eq!(
+        messages(&mut bob, 3).await,
+        (21..=23).map(|i| (i, format!("m{i}"))).collect::<Vec<_>>()
+    );
+}

@@ -554,35 +554,54 @@ impl Redis {
         let password = "redis-test-password-4f1c9a".to_string();
         std::fs::write(dir.path().join("password"), &password).unwrap();
         let port = free_port();
-        let child = Command::new("/usr/bin/redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--requirepass",
-                &password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Redis::spawn(port, &password, dir.path());
         let r = Redis {
             port,
             password,
             dir,
             child,
         };
+        r.wait_ready();
+        r
+    }
+
+    /// As the README advises: every write in the append-only file before it is answered.
+    fn spawn(port: u16, password: &str, dir: &std::path::Path) -> Child {
+        Command::new("/usr/bin/redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--requirepass", password, "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
         for _ in 0..250 {
-            if r.connection().is_ok() {
-                return r;
+            if self.connection().is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not start on port {port}");
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Stop it (SIGKILL).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port, with its data unless `wipe`.
+    pub fn start_again(&mut self, wipe: bool) {
+        if wipe {
+            let _ = std::fs::remove_dir_all(self.dir.path().join("appendonlydir"));
+        }
+        self.child = Redis::spawn(self.port, &self.password, self.dir.path());
+        self.wait_ready();
     }
 
     pub fn url(&self) -> String {
