@@ -75,6 +75,11 @@ class Room:
             if "members" in m:
                 more = " and more" if m.get("members_truncated") else ""
                 print(f"  present: {', '.join(m['members'])}{more}", flush=True)
+        elif kind == "resync":
+            print("  (the room's history was reset by the server; showing it afresh)", flush=True)
+            self.shown.clear()
+            self.last_seq = 0
+            self.epoch = None
         elif kind in ("join", "leave"):
             print(f"  * {m['user']} {'joined' if kind == 'join' else 'left'}", flush=True)
         else:

@@ -74,6 +74,9 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         members_truncated: bool,
     },
+    /// The room's history was lost by the shared store (a new epoch): drop the view; what
+    /// follows starts again at seq 1.
+    Resync { reason: &'a str },
     /// A user's first connection to the room opened (presence; no seq, not stored).
     Join { user: &'a str, ts: u64 },
     /// A user's last connection to the room closed.

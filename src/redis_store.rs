@@ -35,13 +35,15 @@ use crate::store::{
 };
 
 /// Stores a message, or answers a resend with the original's seq; publishes a new one.
-/// KEYS: meta, stream, id key. ARGV: epoch, ts, from, text, id, maxlen, dedup_s, ttl_s,
-/// channel, room, node, conn.
+/// KEYS: meta, stream, id key. ARGV: a fresh epoch, ts, from, text, id, maxlen, dedup_s,
+/// ttl_s, channel, room, node, conn.
 const POST: &str = r#"
 if ARGV[5] ~= '' then
   local seen = redis.call('GET', KEYS[3])
   if seen then return {tonumber(seen), 1} end
 end
+-- A room without an epoch here lost its history (Redis restarted empty, or it expired):
+-- it starts again under the fresh epoch ARGV[1], never the one the node knew.
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -75,7 +77,6 @@ enum Job {
     },
     Post {
         room: Arc<str>,
-        epoch: Arc<str>,
         conn: u64,
         ts: u64,
         kind: EventKind,
@@ -247,18 +248,9 @@ struct Poster {
 }
 
 impl Shared for Poster {
-    fn post(
-        &self,
-        room: Arc<str>,
-        epoch: Arc<str>,
-        conn: u64,
-        ts: u64,
-        kind: EventKind,
-        reply: SharedReply,
-    ) {
+    fn post(&self, room: Arc<str>, conn: u64, ts: u64, kind: EventKind, reply: SharedReply) {
         let job = Job::Post {
             room,
-            epoch,
             conn,
             ts,
             kind,
@@ -287,7 +279,6 @@ async fn serve(
             }
             Job::Post {
                 room,
-                epoch,
                 conn,
                 ts,
                 kind,
@@ -302,6 +293,9 @@ async fn serve(
                     let EventKind::Message { from, text, id } = &kind;
                     let id_key =
                         ctx.key(&room, &format!("id:{from}:{}", id.as_deref().unwrap_or("")));
+                    let Ok(fresh) = new_epoch() else {
+                        return reply(Err(StoreError("no randomness".into())));
+                    };
                     let started = std::time::Instant::now();
                     let result: redis::RedisResult<(u64, u8)> = redis::cmd("EVAL")
                         .arg(POST)
@@ -309,7 +303,7 @@ async fn serve(
                         .arg(ctx.key(&room, "meta"))
                         .arg(ctx.key(&room, "stream"))
                         .arg(id_key)
-                        .arg(&*epoch)
+                        .arg(fresh)
                         .arg(ts)
                         .arg(from)
                         .arg(text)
@@ -391,6 +385,26 @@ async fn open_room(
     Ok(log)
 }
 
+/// The room's epoch in Redis, made now if it has none.
+async fn current_epoch(
+    ctx: &Ctx,
+    con: &mut ConnectionManager,
+    room: &str,
+) -> redis::RedisResult<String> {
+    let fresh = new_epoch()
+        .map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "no randomness", e.0)))?;
+    let meta = ctx.key(room, "meta");
+    let _: i64 = con.hset_nx(&meta, "epoch", fresh).await?;
+    let _: i64 = con.expire(&meta, ctx.ttl_s() as i64).await?;
+    con.hget(&meta, "epoch").await
+}
+
+fn resync_frame() -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::text(
+        crate::protocol::ServerFrame::Resync { reason: "epoch" }.to_json(),
+    )
+}
+
 /// Stream entries `from..=to` of a room, oldest first.
 async fn fetch(
     ctx: &Ctx,
@@ -452,6 +466,7 @@ async fn check_health(ctx: Arc<Ctx>, mut con: ConnectionManager) {
 #[derive(serde::Deserialize)]
 struct Published {
     room: String,
+    epoch: String,
     seq: u64,
     ts: u64,
     from: String,
@@ -479,10 +494,20 @@ async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionMana
             continue;
         }
         debug!(channel = %ctx.channel, "subscribed");
-        // Whatever was published while unsubscribed is in the streams.
+        // Whatever was published while unsubscribed is in the streams; a room whose epoch
+        // changed meanwhile (Redis restarted empty) is resynced first.
         if let Some(rooms) = ctx.rooms.get().and_then(Weak::upgrade) {
             for room in rooms.all() {
                 let name: Arc<str> = room.name.clone();
+                match current_epoch(&ctx, &mut con, &name).await {
+                    Ok(epoch) => {
+                        room.resync(&epoch, resync_frame);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Redis: cannot read a room's epoch");
+                        continue;
+                    }
+                }
                 let top = room.top();
                 if let Ok(events) = fetch(&ctx, &mut con, &name, top + 1, u64::MAX / 2).await {
                     for e in events {
@@ -515,6 +540,7 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
     else {
         return; // nobody here is in that room
     };
+    room.resync(&p.epoch, resync_frame);
     let origin = (p.node == ctx.node).then(|| p.conn.parse().ok()).flatten();
     let event = Event {
         room: room.name.clone(),

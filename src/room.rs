@@ -261,7 +261,6 @@ impl Room {
             let reply = reply();
             shared.post(
                 self.name.clone(),
-                st.epoch.clone(),
                 from,
                 ts,
                 kind.clone(),
@@ -368,6 +367,22 @@ impl Room {
             return Received::Duplicate;
         }
         Received::Delivered(st.deliver(origin.unwrap_or(0), encode(event), event.seq))
+    }
+
+    /// The shared store gives the room `epoch`. If it is not the room's, the store lost the
+    /// room's events (Redis restarted empty, or they expired): the log starts again at seq 0
+    /// under it, and every member is sent `frame` (a resync) before any message of the new
+    /// epoch. Returns whether that happened.
+    pub fn resync(&self, epoch: &str, frame: impl FnOnce() -> Message) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *st.epoch == *epoch {
+            return false;
+        }
+        st.log.reset(epoch.to_string());
+        st.epoch = epoch.into();
+        // Waiting writes belong to the old epoch; only a durable store has them.
+        st.deliver(0, frame(), 0);
+        true
     }
 
     /// The room's top seq as this node has it.

@@ -52,6 +52,9 @@ pub trait RoomLog: Send + std::fmt::Debug {
     /// (a restart of the memory store, a deleted file) gives the room a new one, so a client
     /// that resumes with the old epoch learns that its view is stale.
     fn epoch(&self) -> &str;
+    /// The store lost the room's events (a shared store restarted empty): start again at
+    /// seq 0 under `epoch`.
+    fn reset(&mut self, epoch: String);
     /// The seq of the oldest retained event, if any.
     fn oldest(&self) -> Option<u64>;
     /// Retained events with `after < seq`, oldest first, at most `limit`.
@@ -95,15 +98,7 @@ pub trait Shared: Send + Sync + std::fmt::Debug {
     /// Store a message (unless `kind`'s id was used by its sender in this room within the
     /// dedup window) and publish it to every node; `conn` is the sending connection, which
     /// its own node does not send it to. Never blocks.
-    fn post(
-        &self,
-        room: Arc<str>,
-        epoch: Arc<str>,
-        conn: u64,
-        ts: u64,
-        kind: EventKind,
-        reply: SharedReply,
-    );
+    fn post(&self, room: Arc<str>, conn: u64, ts: u64, kind: EventKind, reply: SharedReply);
 }
 
 /// Told once whether an event handed to a [`Writer`] was committed.
@@ -287,6 +282,13 @@ impl RoomLog for MemoryLog {
 
     fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    fn reset(&mut self, epoch: String) {
+        self.epoch = epoch;
+        self.top = 0;
+        self.events.clear();
+        self.ids.clear();
     }
 
     fn oldest(&self) -> Option<u64> {

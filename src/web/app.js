@@ -158,6 +158,13 @@ function connect() {
         for (const msg of m.messages) showMessage(msg);
         if (m.id === 'earlier' && !m.has_more) $('earlier').hidden = true;
         break;
+      case 'resync':
+        // The server lost the room's history (its shared store restarted empty): what we
+        // show no longer matches; new messages start again at seq 1.
+        clearView();
+        epoch = null;
+        notice('The room\'s history was reset by the server; showing it afresh.');
+        break;
       case 'join':
         present.add(m.user);
         showMembers();

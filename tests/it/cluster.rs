@@ -321,3 +321,62 @@ async fn a_killed_subscription_or_node_loses_nothing() {
         (21..=23).map(|i| (i, format!("m{i}"))).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn redis_restarted_without_its_data_resyncs_every_member_and_starts_a_new_epoch() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut alice, welcome) = join_q(&a, "alice", "").await;
+    let old = welcome["epoch"].as_str().unwrap().to_string();
+    let (mut bob, _) = join_q(&b, "bob", "").await;
+    for i in 1..=3 {
+        send_json(
+            &mut alice,
+            json!({"type":"message","text":format!("m{i}"),"id":format!("m{i}")}),
+        )
+        .await;
+    }
+    assert_eq!(messages(&mut bob, 3).await.len(), 3);
+    redis.stop();
+    redis.start_again(true);
+    // Each member is told before any message of the new epoch.
+    for ws in [&mut alice, &mut bob] {
+        let v = loop {
+            let v = recv_json(ws).await;
+            if v["type"] != "ack" {
+                break v;
+            }
+        };
+        assert_eq!(v, json!({"type":"resync","reason":"epoch"}));
+    }
+    // Within seconds messages flow again, from seq 1 of the new epoch.
+    let t = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        send_json(
+            &mut alice,
+            json!({"type":"message","text":"fresh","id":format!("f{n}")}),
+        )
+        .await;
+        let v = recv_json(&mut alice).await;
+        if v["type"] == "ack" {
+            assert_eq!(v["seq"], 1, "{v}");
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "still refused: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(messages(&mut bob, 1).await, [(1, "fresh".to_string())]);
+    // An old resume is told its view is gone (once node B's health check has seen Redis back).
+    while !status_of(&b, "/readyz").await.contains("200") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "node B not ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_c, welcome) = join_q(&b, "carol", &format!("?since=3&epoch={old}")).await;
+    assert_eq!(welcome["recovered"], false, "{welcome}");
+    assert_ne!(welcome["epoch"], old.as_str());
+}
