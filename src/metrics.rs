@@ -51,6 +51,14 @@ pub struct Metrics {
     pub store_trimmed: Counter,
     /// Messages the store could not commit (answered `unavailable`, delivered to nobody).
     pub store_failures: Counter,
+    /// Round trips to Redis (scripts and health checks).
+    pub redis_roundtrip_seconds: Histogram,
+    /// Times events were missing from the subscription and read from the stream instead.
+    pub redis_gap_fills: Counter,
+    /// Times the node's subscription was (re-)established after the first.
+    pub redis_resubscribes: Counter,
+    /// Rooms reset because Redis had lost their history (a new epoch).
+    pub redis_resyncs: Counter,
 }
 
 impl Default for Metrics {
@@ -78,6 +86,10 @@ impl Metrics {
             store_retained: Gauge::default(),
             store_trimmed: Counter::default(),
             store_failures: Counter::default(),
+            redis_roundtrip_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            redis_gap_fills: Counter::default(),
+            redis_resubscribes: Counter::default(),
+            redis_resyncs: Counter::default(),
         };
         registry.register(
             "connections_open",
@@ -148,6 +160,26 @@ impl Metrics {
             "store_failures",
             "Messages the store could not commit",
             m.store_failures.clone(),
+        );
+        registry.register(
+            "redis_roundtrip_seconds",
+            "Round trips to Redis",
+            m.redis_roundtrip_seconds.clone(),
+        );
+        registry.register(
+            "redis_gap_fills",
+            "Events read from the stream because the subscription missed them",
+            m.redis_gap_fills.clone(),
+        );
+        registry.register(
+            "redis_resubscribes",
+            "Subscriptions re-established",
+            m.redis_resubscribes.clone(),
+        );
+        registry.register(
+            "redis_resyncs",
+            "Rooms reset to a new epoch because Redis lost their history",
+            m.redis_resyncs.clone(),
         );
         Metrics { registry, ..m }
     }

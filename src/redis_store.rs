@@ -317,9 +317,9 @@ async fn serve(
                         .arg(conn)
                         .query_async(&mut con)
                         .await;
-                    ctx.metrics
-                        .store_append_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    let took = started.elapsed().as_secs_f64();
+                    ctx.metrics.store_append_seconds.observe(took);
+                    ctx.metrics.redis_roundtrip_seconds.observe(took);
                     ctx.set_healthy(result.is_ok());
                     match result {
                         Ok((seq, 0)) => reply(Ok((
@@ -457,7 +457,13 @@ fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<Event> {
 async fn check_health(ctx: Arc<Ctx>, mut con: ConnectionManager) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = std::time::Instant::now();
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+        if pong.is_ok() {
+            ctx.metrics
+                .redis_roundtrip_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         ctx.set_healthy(pong.is_ok());
     }
 }
@@ -479,6 +485,7 @@ struct Published {
 /// The node's one subscription: every event to its room, gaps filled from the stream; on
 /// every (re)subscription each room catches up from its top.
 async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionManager) {
+    let mut first = true;
     loop {
         let mut pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
@@ -494,6 +501,9 @@ async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionMana
             continue;
         }
         debug!(channel = %ctx.channel, "subscribed");
+        if !std::mem::take(&mut first) {
+            ctx.metrics.redis_resubscribes.inc();
+        }
         // Whatever was published while unsubscribed is in the streams; a room whose epoch
         // changed meanwhile (Redis restarted empty) is resynced first.
         if let Some(rooms) = ctx.rooms.get().and_then(Weak::upgrade) {
@@ -501,7 +511,9 @@ async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionMana
                 let name: Arc<str> = room.name.clone();
                 match current_epoch(&ctx, &mut con, &name).await {
                     Ok(epoch) => {
-                        room.resync(&epoch, resync_frame);
+                        if room.resync(&epoch, resync_frame) {
+                            ctx.metrics.redis_resyncs.inc();
+                        }
                     }
                     Err(e) => {
                         warn!(error = %e, "Redis: cannot read a room's epoch");
@@ -510,6 +522,7 @@ async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionMana
                 }
                 let top = room.top();
                 if let Ok(events) = fetch(&ctx, &mut con, &name, top + 1, u64::MAX / 2).await {
+                    ctx.metrics.redis_gap_fills.inc_by(events.len() as u64);
                     for e in events {
                         room.receive(&e, None, encode_event);
                     }
@@ -540,7 +553,9 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
     else {
         return; // nobody here is in that room
     };
-    room.resync(&p.epoch, resync_frame);
+    if room.resync(&p.epoch, resync_frame) {
+        ctx.metrics.redis_resyncs.inc();
+    }
     let origin = (p.node == ctx.node).then(|| p.conn.parse().ok()).flatten();
     let event = Event {
         room: room.name.clone(),
@@ -556,6 +571,7 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
     if let Received::Gap(top) = received {
         // Missed events (a lost publish, a reconnect): the stream has them, in order.
         if let Ok(missing) = fetch(ctx, con, &room.name, top + 1, event.seq - 1).await {
+            ctx.metrics.redis_gap_fills.inc_by(missing.len() as u64);
             for e in &missing {
                 count(ctx, room.receive(e, None, encode_event));
             }

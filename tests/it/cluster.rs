@@ -373,7 +373,10 @@ async fn redis_restarted_without_its_data_resyncs_every_member_and_starts_a_new_
     assert_eq!(messages(&mut bob, 1).await, [(1, "fresh".to_string())]);
     // An old resume is told its view is gone (once node B's health check has seen Redis back).
     while !status_of(&b, "/readyz").await.contains("200") {
-        assert!(t.elapsed() < std::time::Duration::from_secs(10), "node B not ready");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "node B not ready"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (_c, welcome) = join_q(&b, "carol", &format!("?since=3&epoch={old}")).await;
