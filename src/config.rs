@@ -289,6 +289,9 @@ pub struct PresenceConfig {
     pub enabled: bool,
     /// Users listed in a welcome at most (`members_truncated: true` beyond).
     pub max_listed: usize,
+    /// With Redis: a node's connections count as present this long after its last refresh
+    /// (every third of it), so a node that dies leaves no ghosts for longer.
+    pub ttl_s: u64,
 }
 
 impl Default for PresenceConfig {
@@ -296,6 +299,7 @@ impl Default for PresenceConfig {
         PresenceConfig {
             enabled: true,
             max_listed: 1000,
+            ttl_s: 60,
         }
     }
 }
@@ -914,6 +918,9 @@ impl Config {
         }
         if let Err(problem) = r.load_password(&self.base_dir) {
             bad(&problem.key, problem.reason);
+        }
+        if !(2..=3600).contains(&self.presence.ttl_s) {
+            bad("presence.ttl_s", "must be between 2 and 3600".into());
         }
         if !(1..=100_000).contains(&self.presence.max_listed) {
             bad("presence.max_listed", "must be between 1 and 100000".into());

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub redis_resubscribes: Counter,
     /// Rooms reset because Redis had lost their history (a new epoch).
     pub redis_resyncs: Counter,
+    /// Presence entries of vanished connections (a node killed) removed by a sweep.
+    pub redis_presence_swept: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +92,7 @@ impl Metrics {
             redis_gap_fills: Counter::default(),
             redis_resubscribes: Counter::default(),
             redis_resyncs: Counter::default(),
+            redis_presence_swept: Counter::default(),
         };
         registry.register(
             "connections_open",
@@ -180,6 +183,11 @@ impl Metrics {
             "redis_resyncs",
             "Rooms reset to a new epoch because Redis lost their history",
             m.redis_resyncs.clone(),
+        );
+        registry.register(
+            "redis_presence_swept",
+            "Presence entries of vanished connections removed",
+            m.redis_presence_swept.clone(),
         );
         Metrics { registry, ..m }
     }

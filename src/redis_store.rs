@@ -67,6 +67,46 @@ local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 return {meta[1], meta[2] or '0', redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
 "#;
 
+/// A connection entered a room: counted, and a join published if it is the user's first
+/// anywhere. KEYS: presence (entries scored by expiry), users (connections per user).
+/// ARGV: entry, expiry ms, user, channel, room, ts, node, conn, key ttl s.
+const ARRIVE: &str = r#"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local n = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+if n == 1 then
+  redis.call('PUBLISH', ARGV[4], cjson.encode({kind = 'join', room = ARGV[5], user = ARGV[3],
+    ts = tonumber(ARGV[6]), node = ARGV[7], conn = ARGV[8]}))
+end
+return n
+"#;
+
+/// Removes `entries` that are still there; a user left without any is published as a leave.
+/// The sweep uses it for expired entries, so two nodes sweeping at once announce a leave once.
+/// KEYS: presence, users. ARGV: channel, room, ts, node, then entries (or none: every entry
+/// that expired before ts).
+const DEPART: &str = r#"
+local entries = {}
+for i = 5, #ARGV do entries[#entries + 1] = ARGV[i] end
+if #entries == 0 then
+  entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 1000)
+end
+local gone = 0
+for _, e in ipairs(entries) do
+  if redis.call('ZREM', KEYS[1], e) == 1 then
+    gone = gone + 1
+    local user = string.match(e, '^[^|]*|[^|]*|(.*)$')
+    if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+      redis.call('PUBLISH', ARGV[1], cjson.encode({kind = 'leave', room = ARGV[2], user = user,
+        ts = tonumber(ARGV[3]), node = ARGV[4], conn = ''}))
+    end
+  end
+end
+return gone
+"#;
+
 /// A stream entry as XRANGE returns it: `SEQ-0` and the flat field list.
 type Entry = (String, Vec<String>);
 
@@ -74,6 +114,20 @@ enum Job {
     Open {
         room: String,
         reply: std::sync::mpsc::SyncSender<Result<MemoryLog, StoreError>>,
+    },
+    Arrive {
+        room: Arc<str>,
+        user: Arc<str>,
+        conn: u64,
+    },
+    Depart {
+        room: Arc<str>,
+        user: Arc<str>,
+        conn: u64,
+    },
+    Present {
+        room: String,
+        reply: std::sync::mpsc::SyncSender<Result<Vec<String>, StoreError>>,
     },
     Post {
         room: Arc<str>,
@@ -93,6 +147,7 @@ struct Ctx {
     max_messages: usize,
     max_age_ms: u64,
     dedup_s: u64,
+    presence_ttl_ms: u64,
     rooms: Arc<OnceLock<Weak<Rooms>>>,
     metrics: Arc<Metrics>,
     /// Redis answered the last health check (a PING every second, bounded by
@@ -132,7 +187,8 @@ pub struct RedisStore {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Job::Open { room, .. } => write!(f, "Open({room})"),
+            Job::Open { room, .. } | Job::Present { room, .. } => write!(f, "Open({room})"),
+            Job::Arrive { room, .. } | Job::Depart { room, .. } => write!(f, "Presence({room})"),
             Job::Post { room, .. } => write!(f, "Post({room})"),
         }
     }
@@ -192,6 +248,7 @@ impl RedisStore {
             max_messages: config.history.max_messages_per_room,
             max_age_ms: config.history.max_age_hours.saturating_mul(3_600_000),
             dedup_s: config.history.dedup_window_s,
+            presence_ttl_ms: config.presence.ttl_s.saturating_mul(1000),
             rooms: Arc::new(OnceLock::new()),
             metrics,
             healthy: Arc::new(AtomicBool::new(true)),
@@ -260,6 +317,128 @@ impl Shared for Poster {
             reply(Err(StoreError("the Redis thread has stopped".into())));
         }
     }
+
+    fn arrive(&self, room: Arc<str>, user: Arc<str>, conn: u64) {
+        let _ = self.jobs.send(Job::Arrive { room, user, conn });
+    }
+
+    fn depart(&self, room: Arc<str>, user: Arc<str>, conn: u64) {
+        let _ = self.jobs.send(Job::Depart { room, user, conn });
+    }
+
+    fn present(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send(Job::Present {
+                room: room.to_string(),
+                reply,
+            })
+            .map_err(|_| StoreError("the Redis thread has stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError("the Redis thread has stopped".into()))?
+    }
+}
+
+impl Ctx {
+    fn entry(&self, user: &str, conn: u64) -> String {
+        format!("{}|{conn}|{user}", self.node)
+    }
+
+    fn presence_keys(&self, room: &str) -> (String, String) {
+        (self.key(room, "presence"), self.key(room, "users"))
+    }
+}
+
+/// This node's connections in each room, refreshed every third of `presence.ttl_s`; expired
+/// entries of any node are swept at the same time, in every room open here.
+type Local = std::collections::HashMap<(Arc<str>, u64), Arc<str>>;
+
+async fn presence_job(ctx: &Ctx, con: &mut ConnectionManager, local: &mut Local, job: Job) {
+    let now = crate::store::now_ms();
+    let result: redis::RedisResult<i64> = match job {
+        Job::Arrive { room, user, conn } => {
+            let (zset, users) = ctx.presence_keys(&room);
+            let r = redis::cmd("EVAL")
+                .arg(ARRIVE)
+                .arg(2)
+                .arg(zset)
+                .arg(users)
+                .arg(ctx.entry(&user, conn))
+                .arg(now + ctx.presence_ttl_ms)
+                .arg(&*user)
+                .arg(&ctx.channel)
+                .arg(&*room)
+                .arg(now)
+                .arg(&ctx.node)
+                .arg(conn)
+                .arg(ctx.ttl_s())
+                .query_async(con)
+                .await;
+            local.insert((room, conn), user);
+            r
+        }
+        Job::Depart { room, user, conn } => {
+            local.remove(&(room.clone(), conn));
+            let (zset, users) = ctx.presence_keys(&room);
+            redis::cmd("EVAL")
+                .arg(DEPART)
+                .arg(2)
+                .arg(zset)
+                .arg(users)
+                .arg(&ctx.channel)
+                .arg(&*room)
+                .arg(now)
+                .arg(&ctx.node)
+                .arg(ctx.entry(&user, conn))
+                .query_async(con)
+                .await
+        }
+        _ => return,
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "Redis presence update failed; the next refresh repairs it");
+    }
+}
+
+/// Refresh this node's entries and sweep expired ones in every room open here.
+async fn refresh_presence(ctx: &Ctx, con: &mut ConnectionManager, local: &Local) {
+    let now = crate::store::now_ms();
+    let mut pipe = redis::pipe();
+    for ((room, conn), user) in local {
+        let (zset, _) = ctx.presence_keys(room);
+        pipe.cmd("ZADD")
+            .arg(zset)
+            .arg("XX")
+            .arg(now + ctx.presence_ttl_ms)
+            .arg(ctx.entry(user, *conn))
+            .ignore();
+    }
+    if !local.is_empty() {
+        let _: redis::RedisResult<()> = pipe.query_async(con).await;
+    }
+    let Some(rooms) = ctx.rooms.get().and_then(Weak::upgrade) else {
+        return;
+    };
+    for room in rooms.all() {
+        let (zset, users) = ctx.presence_keys(&room.name);
+        let swept: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(DEPART)
+            .arg(2)
+            .arg(zset)
+            .arg(users)
+            .arg(&ctx.channel)
+            .arg(&*room.name)
+            .arg(now)
+            .arg(&ctx.node)
+            .query_async(con)
+            .await;
+        if let Ok(n) = swept {
+            if n > 0 {
+                ctx.metrics.redis_presence_swept.inc_by(n as u64);
+            }
+        }
+    }
 }
 
 async fn serve(
@@ -271,8 +450,30 @@ async fn serve(
     tokio::spawn(subscribe(ctx.clone(), client, manager.clone()));
     tokio::spawn(check_health(ctx.clone(), manager.clone()));
     let open = Script::new(OPEN);
-    while let Some(job) = jobs.recv().await {
+    let mut local = Local::new();
+    let mut refresh =
+        tokio::time::interval(Duration::from_millis((ctx.presence_ttl_ms / 3).max(500)));
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            _ = refresh.tick() => {
+                refresh_presence(&ctx, &mut manager.clone(), &local).await;
+                continue;
+            }
+        };
         match job {
+            job @ (Job::Arrive { .. } | Job::Depart { .. }) => {
+                presence_job(&ctx, &mut manager.clone(), &mut local, job).await;
+            }
+            Job::Present { room, reply } => {
+                let (_, users) = ctx.presence_keys(&room);
+                let mut con = manager.clone();
+                let r: redis::RedisResult<Vec<String>> = con.hkeys(users).await;
+                let _ = reply.send(r.map_err(|e| StoreError(format!("Redis: {e}"))));
+            }
             Job::Open { room, reply } => {
                 let result = open_room(&ctx, manager.clone(), &open, &room).await;
                 let _ = reply.send(result);
@@ -472,11 +673,21 @@ async fn check_health(ctx: Arc<Ctx>, mut con: ConnectionManager) {
 #[derive(serde::Deserialize)]
 struct Published {
     room: String,
+    /// "join" or "leave" for presence; absent for a message.
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
     epoch: String,
+    #[serde(default)]
     seq: u64,
     ts: u64,
+    #[serde(default)]
     from: String,
+    #[serde(default)]
     text: String,
+    #[serde(default)]
     id: String,
     node: String,
     conn: String,
@@ -553,6 +764,22 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
     else {
         return; // nobody here is in that room
     };
+    if !p.kind.is_empty() {
+        let origin = (p.node == ctx.node).then(|| p.conn.parse().ok()).flatten();
+        let frame = match p.kind.as_str() {
+            "join" => crate::protocol::ServerFrame::Join {
+                user: &p.user,
+                ts: p.ts,
+            },
+            _ => crate::protocol::ServerFrame::Leave {
+                user: &p.user,
+                ts: p.ts,
+            },
+        };
+        let frame = tokio_tungstenite::tungstenite::Message::text(frame.to_json());
+        room.presence_event(p.kind == "join", &p.user, origin, frame);
+        return;
+    }
     if room.resync(&p.epoch, resync_frame) {
         ctx.metrics.redis_resyncs.inc();
     }

@@ -115,7 +115,9 @@ pub fn next_conn_id() -> ConnId {
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<ConnId, Arc<Outbox>>,
-    /// Users present, sorted, with their number of connections here.
+    /// Users present, sorted, with their number of connections here. With a shared store:
+    /// the users present on any node (kept by the store's join and leave events; the count
+    /// then only says whether one is also here).
     users: BTreeMap<String, usize>,
     /// Places promised by the gate and not yet taken; they count toward `max_members`.
     reserved: usize,
@@ -369,6 +371,33 @@ impl Room {
         Received::Delivered(st.deliver(origin.unwrap_or(0), encode(event), event.seq))
     }
 
+    /// With a shared store, start from the users present on every node.
+    fn load_presence(&self, presence: bool) -> Result<(), StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(shared) = st.shared.clone().filter(|_| presence) else {
+            return Ok(());
+        };
+        for user in shared.present(&self.name)? {
+            st.users.entry(user).or_insert(0);
+        }
+        Ok(())
+    }
+
+    /// A join or leave published by the shared store: the list follows it, and every member
+    /// here but `origin` (the connection that joined) is sent `frame`.
+    pub fn presence_event(&self, joined: bool, user: &str, origin: Option<ConnId>, frame: Message) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if joined {
+            st.users.entry(user.to_string()).or_insert(0);
+        } else if st.users.get(user).is_some_and(|n| *n == 0) {
+            st.users.remove(user);
+        } else if st.users.contains_key(user) {
+            // A connection of theirs is still here (it arrived after the leave was decided);
+            // its own arrival will be announced.
+        }
+        st.deliver(origin.unwrap_or(0), frame, 0);
+    }
+
     /// The shared store gives the room `epoch`. If it is not the room's, the store lost the
     /// room's events (Redis restarted empty, or they expired): the log starts again at seq 0
     /// under it, and every member is sent `frame` (a resync) before any message of the new
@@ -460,13 +489,13 @@ impl Rooms {
             let log = store
                 .open(n)
                 .map_err(|e| format!("room {n}: cannot open its history: {}", e.0))?;
-            rooms.insert(
-                n.clone(),
-                Arc::new(Room {
-                    name: n.as_str().into(),
-                    state: RoomState::new(log, store.as_ref()),
-                }),
-            );
+            let room = Arc::new(Room {
+                name: n.as_str().into(),
+                state: RoomState::new(log, store.as_ref()),
+            });
+            room.load_presence(presence)
+                .map_err(|e| format!("room {n}: cannot read who is present: {}", e.0))?;
+            rooms.insert(n.clone(), room);
         }
         Ok(Arc::new(Rooms {
             rooms: Mutex::new(rooms),
@@ -497,6 +526,8 @@ impl Rooms {
                     name: name.into(),
                     state: RoomState::new(log, self.store.as_ref()),
                 });
+                r.load_presence(self.presence)
+                    .map_err(|_| JoinError::Unavailable)?;
                 rooms.insert(name.to_string(), r.clone());
                 r
             }
@@ -540,9 +571,15 @@ impl Rooms {
             *conns += 1;
             let arrived = *conns == 1;
             first(st.log.as_ref(), &st.users, &outbox);
-            if arrived && self.presence {
-                let frame = ServerFrame::Join { user, ts: now_ms() };
-                st.deliver(id, Message::text(frame.to_json()), 0);
+            match st.shared.clone() {
+                // Announced by the store, to every node, if this is the user's first anywhere.
+                Some(shared) if self.presence => shared.arrive(room.name.clone(), user.into(), id),
+                Some(_) => {}
+                None if arrived && self.presence => {
+                    let frame = ServerFrame::Join { user, ts: now_ms() };
+                    st.deliver(id, Message::text(frame.to_json()), 0);
+                }
+                None => {}
             }
             st.reserved -= 1;
             st.members.insert(id, outbox);
@@ -633,6 +670,18 @@ impl Drop for Membership {
         {
             let mut st = self.room.state.lock().unwrap_or_else(|p| p.into_inner());
             st.members.remove(&self.id);
+            if let Some(shared) = st.shared.clone() {
+                // The store decides whether this was the user's last connection anywhere.
+                if let Some(n) = st.users.get_mut(&self.user) {
+                    *n = n.saturating_sub(1);
+                }
+                if self.rooms.presence {
+                    shared.depart(self.room.name.clone(), self.user.as_str().into(), self.id);
+                }
+                drop(st);
+                self.rooms.drop_if_unused(&mut rooms, &self.room);
+                return;
+            }
             let gone = match st.users.get_mut(&self.user) {
                 Some(n) if *n > 1 => {
                     *n -= 1;

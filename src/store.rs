@@ -99,6 +99,14 @@ pub trait Shared: Send + Sync + std::fmt::Debug {
     /// dedup window) and publish it to every node; `conn` is the sending connection, which
     /// its own node does not send it to. Never blocks.
     fn post(&self, room: Arc<str>, conn: u64, ts: u64, kind: EventKind, reply: SharedReply);
+    /// Connection `conn` of `user` entered `room` on this node: the store counts it, and
+    /// publishes a join if it is the user's first connection anywhere. Never blocks.
+    fn arrive(&self, room: Arc<str>, user: Arc<str>, conn: u64);
+    /// It left: a leave is published if it was the user's last connection anywhere.
+    fn depart(&self, room: Arc<str>, user: Arc<str>, conn: u64);
+    /// The users present in `room` on every node, for a room this node opens. Blocks for one
+    /// round trip.
+    fn present(&self, room: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// Told once whether an event handed to a [`Writer`] was committed.

@@ -383,3 +383,95 @@ async fn redis_restarted_without_its_data_resyncs_every_member_and_starts_a_new_
     assert_eq!(welcome["recovered"], false, "{welcome}");
     assert_ne!(welcome["epoch"], old.as_str());
 }
+
+fn presence_node(redis: &Redis) -> Server {
+    let (url, password_file) = (redis.url(), redis.password_file());
+    Server::start_with(move |c| {
+        c.history.store = HistoryStore::Redis;
+        c.redis.url = Some(url);
+        c.redis.password_file = Some(password_file);
+        c.presence.enabled = true;
+        c.presence.ttl_s = 2;
+    })
+}
+
+/// The next frame that is not a message: a join or leave, as (type, user).
+async fn next_presence(ws: &mut Ws) -> (String, String) {
+    loop {
+        let v = recv_json(ws).await;
+        if v["type"] == "join" || v["type"] == "leave" {
+            return (
+                v["type"].as_str().unwrap().into(),
+                v["user"].as_str().unwrap().into(),
+            );
+        }
+        assert_eq!(v["type"], "message", "{v}");
+    }
+}
+
+fn members(welcome: &Value) -> Vec<&str> {
+    welcome["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_counts_tabs_everywhere_and_a_killed_node_leaves_no_ghosts() {
+    let redis = Redis::start();
+    let (a, mut b) = (presence_node(&redis), presence_node(&redis));
+    let (mut alice, w) = join_q(&a, "alice", "").await;
+    assert_eq!(members(&w), ["alice"]);
+    let (mut bob, w) = join_q(&b, "bob", "").await;
+    assert_eq!(members(&w), ["alice", "bob"], "{w}");
+    assert_eq!(
+        next_presence(&mut alice).await,
+        ("join".into(), "bob".into())
+    );
+    // Bob's second tab, on the other node: listed once, announced to nobody.
+    let (bob_a, w) = join_q(&a, "bob", "").await;
+    assert_eq!(members(&w), ["alice", "bob"]);
+    // Bob closes the tab on node B: he is still here (node A); then the one on node A: leave.
+    bob.close(None).await.unwrap();
+    drop(bob);
+    drop(bob_a);
+    assert_eq!(
+        next_presence(&mut alice).await,
+        ("leave".into(), "bob".into()),
+        "one leave, after the last tab"
+    );
+    // Carol on node B; node B is killed: node A's sweep announces her leave within ttl_s plus
+    // one sweep (2 s + 0.67 s here).
+    let (_carol, _) = join_q(&b, "carol", "").await;
+    assert_eq!(
+        next_presence(&mut alice).await,
+        ("join".into(), "carol".into())
+    );
+    b.kill();
+    let t = std::time::Instant::now();
+    assert_eq!(
+        next_presence(&mut alice).await,
+        ("leave".into(), "carol".into())
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    // Exactly once: a message from a new joiner comes next, after its own join.
+    let (mut carol_again, w) = join_q(&a, "carol", "").await;
+    assert_eq!(members(&w), ["alice", "carol"]);
+    assert_eq!(
+        next_presence(&mut alice).await,
+        ("join".into(), "carol".into())
+    );
+    send_json(&mut carol_again, json!({"type":"message","text":"marker"})).await;
+    let m = recv_json(&mut alice).await;
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str()),
+        (Some("message"), Some("marker")),
+        "{m}"
+    );
+}
