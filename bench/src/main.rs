@@ -5,6 +5,7 @@
 //! healthy clients lose nothing. See scripts/soak.sh for the whole run.
 
 mod bench;
+mod cluster_soak;
 mod soak;
 
 use std::net::{IpAddr, SocketAddr};
@@ -67,6 +68,9 @@ struct TargetArgs {
 enum Mode {
     /// Hold many connections for a long time with traffic, joins, leaves and deaths mid-frame.
     Soak(soak::Args),
+    /// Many nodes on one Redis: clients spread over the nodes resume wherever they can while
+    /// nodes and Redis are killed; count acked, delivered, lost and duplicated messages.
+    ClusterSoak(cluster_soak::Args),
     /// Broadcast at a fixed open-loop rate; latency from the intended send time.
     Broadcast(bench::BroadcastArgs),
     /// Step the rate up until p99 > 250 ms or deliveries < 90 %; report the last passing rate.
@@ -157,11 +161,33 @@ impl Target {
         user: &str,
         room: &str,
     ) -> Result<Ws, String> {
+        self.connect_at(connector, self.addr, i, user, room).await
+    }
+
+    /// Connect to `addr` (another node of a cluster) with `path` = `ROOM[?QUERY]`.
+    pub async fn connect_node(
+        &self,
+        addr: SocketAddr,
+        i: usize,
+        user: &str,
+        path: &str,
+    ) -> Result<Ws, String> {
+        self.connect_at(&self.connector, addr, i, user, path).await
+    }
+
+    async fn connect_at(
+        &self,
+        connector: &TlsConnector,
+        addr: SocketAddr,
+        i: usize,
+        user: &str,
+        room: &str,
+    ) -> Result<Ws, String> {
         let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
         sock.bind(SocketAddr::new(self.source(i), 0))
             .map_err(|e| format!("bind: {e}"))?;
         let tcp = sock
-            .connect(self.addr)
+            .connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
@@ -186,7 +212,7 @@ impl Target {
                 )
             }
         };
-        let mut req = format!("wss://localhost:{}/rooms/{room}", self.addr.port())
+        let mut req = format!("wss://localhost:{}/rooms/{room}", addr.port())
             .into_client_request()
             .map_err(|e| e.to_string())?;
         let h = req.headers_mut();
@@ -237,6 +263,7 @@ async fn main() {
     };
     let ok = match cli.mode {
         Mode::Soak(args) => soak::run(target, args).await,
+        Mode::ClusterSoak(args) => cluster_soak::run(target, args).await,
         Mode::Broadcast(args) => bench::broadcast(target, args).await,
         Mode::Saturate(args) => bench::saturate(target, args).await,
         Mode::Idle(args) => bench::idle(target, args).await,
