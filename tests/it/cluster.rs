@@ -16,17 +16,7 @@ fn node(redis: &Redis) -> Server {
 }
 
 async fn join_q(s: &Server, user: &str, query: &str) -> (Ws, Value) {
-    let auth = format!("Bearer {}", token(user));
-    let mut ws = s
-        .upgrade(
-            &format!("/rooms/lobby{query}"),
-            &[("Origin", ORIGIN), ("Authorization", &auth)],
-        )
-        .await
-        .unwrap_or_else(|st| panic!("{user}: HTTP {st}"));
-    let welcome = recv_json(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    (ws, welcome)
+    s.enter(user, &format!("lobby{query}")).await
 }
 
 /// The next `n` message frames as (seq, text).

@@ -32,16 +32,7 @@ async fn post(ws: &mut Ws, prefix: &str, n: usize) -> Vec<u64> {
 
 /// Join with a query (resume) and return the socket after its welcome, and the welcome.
 async fn join_with(s: &Server, user: &str, query: &str) -> Result<(Ws, Value), u16> {
-    let auth = format!("Bearer {}", token(user));
-    let mut ws = s
-        .upgrade(
-            &format!("/rooms/lobby{query}"),
-            &[("Origin", ORIGIN), ("Authorization", &auth)],
-        )
-        .await?;
-    let welcome = recv_json(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    Ok((ws, welcome))
+    s.try_enter(user, &format!("lobby{query}")).await
 }
 
 async fn seqs_of(ws: &mut Ws, n: usize) -> Vec<u64> {

@@ -15,17 +15,7 @@ fn presence(c: &mut Config) {
 
 /// Join and return the socket and its welcome.
 async fn enter(s: &Server, user: &str) -> (Ws, Value) {
-    let auth = format!("Bearer {}", token(user));
-    let mut ws = s
-        .upgrade(
-            "/rooms/lobby",
-            &[("Origin", ORIGIN), ("Authorization", &auth)],
-        )
-        .await
-        .unwrap();
-    let welcome = recv_json(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    (ws, welcome)
+    s.enter(user, "lobby").await
 }
 
 fn members(welcome: &Value) -> Vec<&str> {

@@ -21,17 +21,7 @@ fn sqlite(c: &mut Config) {
 
 /// Join `room` as `user` with `query`; the socket after its welcome, and the welcome.
 async fn join_q(s: &Server, user: &str, room: &str, query: &str) -> (Ws, Value) {
-    let auth = format!("Bearer {}", token(user));
-    let mut ws = s
-        .upgrade(
-            &format!("/rooms/{room}{query}"),
-            &[("Origin", ORIGIN), ("Authorization", &auth)],
-        )
-        .await
-        .unwrap_or_else(|st| panic!("{user} could not join: HTTP {st}"));
-    let welcome = recv_json(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    (ws, welcome)
+    s.enter(user, &format!("{room}{query}")).await
 }
 
 /// Send a message with an id and return the answer (an ack or an error).

@@ -311,18 +311,31 @@ impl Server {
         }
     }
 
-    /// Join `room` as `user` with the browser-like Origin; returns the socket after its welcome.
-    pub async fn join(&self, user: &str, room: &str) -> Ws {
+    /// Join `path` (`ROOM` or `ROOM?QUERY`) as `user` with the browser-like Origin: the
+    /// socket after its welcome, and the welcome; `Err` is the refusal's HTTP status.
+    pub async fn try_enter(&self, user: &str, path: &str) -> Result<(Ws, Value), u16> {
         let auth = format!("Bearer {}", token(user));
         let mut ws = self
             .upgrade(
-                &format!("/rooms/{room}"),
+                &format!("/rooms/{path}"),
                 &[("Origin", ORIGIN), ("Authorization", &auth)],
             )
-            .await
-            .unwrap_or_else(|s| panic!("{user} could not join {room}: HTTP {s}"));
+            .await?;
         let welcome = recv_json(&mut ws).await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
+        Ok((ws, welcome))
+    }
+
+    /// Like `try_enter`; a refusal fails the test.
+    pub async fn enter(&self, user: &str, path: &str) -> (Ws, Value) {
+        self.try_enter(user, path)
+            .await
+            .unwrap_or_else(|s| panic!("{user} could not join {path}: HTTP {s}"))
+    }
+
+    /// Join `room` as `user`; returns the socket after its welcome.
+    pub async fn join(&self, user: &str, room: &str) -> Ws {
+        let (ws, welcome) = self.enter(user, room).await;
         assert_eq!(welcome["user"], user);
         assert_eq!(welcome["room"], room);
         ws
