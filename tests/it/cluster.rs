@@ -166,6 +166,25 @@ async fn keys_carry_the_prefix_and_the_room_tag_and_no_log_holds_the_password() 
     );
 }
 
+/// Send `text` (a new id each try) until it is acked, within 10 s; the ack.
+async fn post_until_acked(ws: &mut Ws, text: &str) -> Value {
+    let t = std::time::Instant::now();
+    for n in 0.. {
+        let id = format!("{text}-{n}");
+        send_json(ws, json!({"type":"message","text":text,"id":id})).await;
+        let v = recv_json(ws).await;
+        if v["type"] == "ack" {
+            return v;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "still refused: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    unreachable!()
+}
+
 /// GET `path` on the main port: the status line's code.
 async fn status_of(s: &Server, path: &str) -> String {
     let resp = s
@@ -240,25 +259,7 @@ async fn with_redis_down_a_node_fails_closed_and_recovers_when_it_returns() {
     // Redis is back with its data: within 10 s messages flow again, seq 2 (the refused one
     // took none), and "lost" never arrives.
     redis.start_again(false);
-    let t = std::time::Instant::now();
-    let mut n = 0;
-    let ack = loop {
-        n += 1;
-        send_json(
-            &mut alice,
-            json!({"type":"message","text":"after","id":format!("a{n}")}),
-        )
-        .await;
-        let v = recv_json(&mut alice).await;
-        if v["type"] == "ack" {
-            break v;
-        }
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(10),
-            "still refused: {v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let ack = post_until_acked(&mut alice, "after").await;
     assert_eq!(ack["seq"], 2, "{ack}");
     assert_eq!(messages(&mut bob, 1).await, [(2, "after".to_string())]);
     assert!(status_of(&a, "/readyz").await.contains("200"));
@@ -341,25 +342,7 @@ async fn redis_restarted_without_its_data_resyncs_every_member_and_starts_a_new_
     }
     // Within seconds messages flow again, from seq 1 of the new epoch.
     let t = std::time::Instant::now();
-    let mut n = 0;
-    loop {
-        n += 1;
-        send_json(
-            &mut alice,
-            json!({"type":"message","text":"fresh","id":format!("f{n}")}),
-        )
-        .await;
-        let v = recv_json(&mut alice).await;
-        if v["type"] == "ack" {
-            assert_eq!(v["seq"], 1, "{v}");
-            break;
-        }
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(10),
-            "still refused: {v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    assert_eq!(post_until_acked(&mut alice, "fresh").await["seq"], 1);
     assert_eq!(messages(&mut bob, 1).await, [(1, "fresh".to_string())]);
     // An old resume is told its view is gone (once node B's health check has seen Redis back).
     while !status_of(&b, "/readyz").await.contains("200") {

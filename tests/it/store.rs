@@ -197,6 +197,20 @@ async fn a_deleted_store_starts_every_room_over_with_a_new_epoch() {
     assert_eq!((mode("data"), mode(STORE)), (0o700, 0o600));
 }
 
+/// Run `cmd serve` on the config in `dir`: its exit code and stderr.
+fn serve_output(mut cmd: std::process::Command, dir: &Path) -> (Option<i32>, String) {
+    let out = cmd
+        .args(["serve", "--config"])
+        .arg(dir.join("config.toml"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Every file under `dir`, with its bytes (directories as `None`).
 fn snapshot(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut out = BTreeMap::new();
@@ -228,14 +242,8 @@ fn refused(make: impl FnOnce(&Path), reason: &str) {
     std::fs::create_dir(&data).unwrap();
     make(&data);
     let before = snapshot(&data);
-    let out = bin()
-        .args(["serve", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{reason}: {stderr}");
+    let (code, stderr) = serve_output(bin(), dir.path());
+    assert_eq!(code, Some(2), "{reason}: {stderr}");
     assert!(
         stderr.contains(STORE),
         "{reason}: the path is named: {stderr}"
@@ -311,7 +319,7 @@ fn an_unwritable_directory_stops_the_server() {
         std::fs::Permissions::from_mode(if root { 0o755 } else { 0o555 }),
     )
     .unwrap();
-    let mut cmd = if root {
+    let cmd = if root {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(env!("CARGO_BIN_EXE_wss-chat"));
@@ -319,14 +327,8 @@ fn an_unwritable_directory_stops_the_server() {
     } else {
         bin()
     };
-    let out = cmd
-        .args(["serve", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = serve_output(cmd, dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(STORE) && stderr.contains("cannot create it"),
         "{stderr}"
