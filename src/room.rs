@@ -517,34 +517,49 @@ impl Rooms {
     /// Promise a place in a room, creating it if allowed; the engine's join takes it, and
     /// dropping the reservation gives it back.
     pub fn reserve(self: &Arc<Self>, name: &str) -> Result<Reservation, JoinError> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let room = match rooms.get(name) {
-            Some(r) => r.clone(),
-            None if self.auto_create && rooms.len() < self.max_rooms => {
-                let log = self.store.open(name).map_err(|_| JoinError::Unavailable)?;
-                let r = Arc::new(Room {
-                    name: name.into(),
-                    state: RoomState::new(log, self.store.as_ref()),
-                });
-                r.load_presence(self.presence)
-                    .map_err(|_| JoinError::Unavailable)?;
-                rooms.insert(name.to_string(), r.clone());
-                r
+        let mut opened: Option<Arc<Room>> = None;
+        loop {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let room = match (rooms.get(name), opened.take()) {
+                (Some(r), _) => r.clone(),
+                (None, Some(r)) if rooms.len() < self.max_rooms => {
+                    rooms.insert(name.to_string(), r.clone());
+                    r
+                }
+                (None, None) if self.auto_create && rooms.len() < self.max_rooms => {
+                    // Opening waits on the store (a disk, Redis), whose own thread may need
+                    // this lock to deliver events: never wait under it.
+                    drop(rooms);
+                    opened = Some(self.open(name)?);
+                    continue;
+                }
+                _ => return Err(JoinError::Unavailable),
+            };
+            let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.members.len() + st.reserved >= self.max_members {
+                drop(st);
+                self.drop_if_unused(&mut rooms, &room);
+                return Err(JoinError::Full);
             }
-            None => return Err(JoinError::Unavailable),
-        };
-        let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.members.len() + st.reserved >= self.max_members {
+            st.reserved += 1;
             drop(st);
-            self.drop_if_unused(&mut rooms, &room);
-            return Err(JoinError::Full);
+            return Ok(Reservation {
+                rooms: self.clone(),
+                room: Some(room),
+            });
         }
-        st.reserved += 1;
-        drop(st);
-        Ok(Reservation {
-            rooms: self.clone(),
-            room: Some(room),
-        })
+    }
+
+    /// A room that is not in the registry, opened from the store.
+    fn open(&self, name: &str) -> Result<Arc<Room>, JoinError> {
+        let log = self.store.open(name).map_err(|_| JoinError::Unavailable)?;
+        let r = Arc::new(Room {
+            name: name.into(),
+            state: RoomState::new(log, self.store.as_ref()),
+        });
+        r.load_presence(self.presence)
+            .map_err(|_| JoinError::Unavailable)?;
+        Ok(r)
     }
 
     /// Take a reserved place: the connection `id` of `user` receives the room's messages

@@ -408,6 +408,13 @@ pub struct IdleArgs {
     clients: usize,
     #[arg(long, default_value = "bench")]
     room: String,
+    /// Spread the clients over this many rooms (ROOM0, ROOM1, ...); 0 or 1: all in ROOM.
+    #[arg(long, default_value_t = 0)]
+    rooms: usize,
+    /// Keep the connections open this long after measuring (several loadgens holding their
+    /// connections at once, for a cluster figure).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 pub async fn idle(target: Arc<Target>, a: IdleArgs) -> bool {
@@ -421,8 +428,12 @@ pub async fn idle(target: Arc<Target>, a: IdleArgs) -> bool {
     let held = Arc::new(AtomicUsize::new(0));
     let mut joins = Vec::new();
     for i in 0..a.clients {
-        let (target, gate, room, held) =
-            (target.clone(), gate.clone(), a.room.clone(), held.clone());
+        let room = if a.rooms > 1 {
+            format!("{}{}", a.room, i % a.rooms)
+        } else {
+            a.room.clone()
+        };
+        let (target, gate, held) = (target.clone(), gate.clone(), held.clone());
         joins.push(tokio::spawn(async move {
             let ws = {
                 let _p = gate.acquire().await.unwrap();
@@ -449,6 +460,7 @@ pub async fn idle(target: Arc<Target>, a: IdleArgs) -> bool {
         "idle: {n} connections, server RSS {before} -> {after} KiB, {per:.2} KiB per connection"
     );
     println!("RESULT {{\"connections\":{n},\"rss_before_kib\":{before},\"rss_after_kib\":{after},\"kib_per_connection\":{per:.3}}}");
+    tokio::time::sleep(Duration::from_secs(a.hold_secs)).await;
     for j in joins {
         j.abort();
     }

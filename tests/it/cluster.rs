@@ -448,3 +448,43 @@ async fn presence_spans_nodes_counts_tabs_everywhere_and_a_killed_node_leaves_no
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_opened_at_once_while_messages_flow_do_not_stall_the_node() {
+    // Opening a room waits on Redis; it once did so under the rooms' lock, which the Redis
+    // thread needs to deliver events: the node stopped.
+    let redis = Redis::start();
+    let (url, password_file) = (redis.url(), redis.password_file());
+    let a = std::sync::Arc::new(Server::start_with(move |c| {
+        c.history.store = HistoryStore::Redis;
+        c.redis.url = Some(url);
+        c.redis.password_file = Some(password_file);
+        c.rooms.auto_create = true;
+        c.rooms.max_rooms = 200;
+        c.server.max_connections_per_user = 100;
+    }));
+    let (mut alice, _) = join_q(&a, "alice", "").await;
+    let (mut bob, _) = join_q(&a, "bob", "").await;
+    let stream = tokio::spawn(async move {
+        for i in 0..200 {
+            send_json(&mut alice, json!({"type":"message","text":format!("m{i}")})).await;
+        }
+        alice
+    });
+    let mut joins = Vec::new();
+    for i in 0..60 {
+        let a = a.clone();
+        joins.push(tokio::spawn(async move {
+            a.enter("carol", &format!("new{i}")).await
+        }));
+    }
+    let all = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        for j in joins {
+            j.await.unwrap();
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "joins to new rooms stalled");
+    assert_eq!(messages(&mut bob, 200).await.len(), 200);
+    stream.await.unwrap();
+}
