@@ -76,10 +76,19 @@ for n in $(seq 0 $((NODES - 1))); do
   echo "node $n: $line"
   total=$((total + $(echo "$line" | sed -n 's/.*"connections":\([0-9]*\).*/\1/p')))
 done
-redis_after=$(redis-cli -p "$REDIS_PORT" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
-entries=0
-for k in $(redis-cli -p "$REDIS_PORT" --scan --pattern 'wss-chat:*:presence'); do
-  entries=$((entries + $(redis-cli -p "$REDIS_PORT" zcard "$k")))
+presence_entries() {
+  local e=0
+  for k in $(redis-cli -p "$REDIS_PORT" --scan --pattern 'wss-chat:*:presence'); do
+    e=$((e + $(redis-cli -p "$REDIS_PORT" zcard "$k")))
+  done
+  echo "$e"
+}
+# Arrivals are counted in Redis by each node's Redis thread, a little after the joins.
+for _ in $(seq 1 30); do
+  entries=$(presence_entries)
+  [ "$entries" -ge "$total" ] && break
+  sleep 2
 done
+redis_after=$(redis-cli -p "$REDIS_PORT" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
 echo "held together: $total connections on $NODES nodes after $(( $(date +%s) - start )) s"
 echo "redis: used_memory $redis_before -> $redis_after bytes ($(( (redis_after - redis_before) / (total > 0 ? total : 1) )) bytes per connection), presence entries $entries"

@@ -71,7 +71,8 @@ return {meta[1], meta[2] or '0', redis.call('XREVRANGE', KEYS[2], '+', '-', 'COU
 /// anywhere. KEYS: presence (entries scored by expiry), users (connections per user).
 /// ARGV: entry, expiry ms, user, channel, room, ts, node, conn, key ttl s.
 const ARRIVE: &str = r#"
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+-- Idempotent: a retry of an arrival that did happen (its answer lost) counts nothing twice.
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
 local n = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
@@ -350,32 +351,17 @@ impl Ctx {
     }
 }
 
-/// This node's connections in each room, refreshed every third of `presence.ttl_s`; expired
+/// This node's connections in each room (and whether Redis has counted them yet), refreshed
+/// every third of `presence.ttl_s`; an arrival that failed is tried again then. Expired
 /// entries of any node are swept at the same time, in every room open here.
-type Local = std::collections::HashMap<(Arc<str>, u64), Arc<str>>;
+type Local = std::collections::HashMap<(Arc<str>, u64), (Arc<str>, bool)>;
 
 async fn presence_job(ctx: &Ctx, con: &mut ConnectionManager, local: &mut Local, job: Job) {
     let now = crate::store::now_ms();
     let result: redis::RedisResult<i64> = match job {
         Job::Arrive { room, user, conn } => {
-            let (zset, users) = ctx.presence_keys(&room);
-            let r = redis::cmd("EVAL")
-                .arg(ARRIVE)
-                .arg(2)
-                .arg(zset)
-                .arg(users)
-                .arg(ctx.entry(&user, conn))
-                .arg(now + ctx.presence_ttl_ms)
-                .arg(&*user)
-                .arg(&ctx.channel)
-                .arg(&*room)
-                .arg(now)
-                .arg(&ctx.node)
-                .arg(conn)
-                .arg(ctx.ttl_s())
-                .query_async(con)
-                .await;
-            local.insert((room, conn), user);
+            let r = arrive(ctx, con, &room, &user, conn, now).await;
+            local.insert((room, conn), (user, r.is_ok()));
             r
         }
         Job::Depart { room, user, conn } => {
@@ -401,11 +387,44 @@ async fn presence_job(ctx: &Ctx, con: &mut ConnectionManager, local: &mut Local,
     }
 }
 
-/// Refresh this node's entries and sweep expired ones in every room open here.
-async fn refresh_presence(ctx: &Ctx, con: &mut ConnectionManager, local: &Local) {
+async fn arrive(
+    ctx: &Ctx,
+    con: &mut ConnectionManager,
+    room: &str,
+    user: &str,
+    conn: u64,
+    now: u64,
+) -> redis::RedisResult<i64> {
+    let (zset, users) = ctx.presence_keys(room);
+    redis::cmd("EVAL")
+        .arg(ARRIVE)
+        .arg(2)
+        .arg(zset)
+        .arg(users)
+        .arg(ctx.entry(user, conn))
+        .arg(now + ctx.presence_ttl_ms)
+        .arg(user)
+        .arg(&ctx.channel)
+        .arg(room)
+        .arg(now)
+        .arg(&ctx.node)
+        .arg(conn)
+        .arg(ctx.ttl_s())
+        .query_async(con)
+        .await
+}
+
+/// Refresh this node's entries (counting those whose arrival failed) and sweep expired ones
+/// in every room open here.
+async fn refresh_presence(ctx: &Ctx, con: &mut ConnectionManager, local: &mut Local) {
     let now = crate::store::now_ms();
+    for ((room, conn), (user, counted)) in local.iter_mut() {
+        if !*counted {
+            *counted = arrive(ctx, con, room, user, *conn, now).await.is_ok();
+        }
+    }
     let mut pipe = redis::pipe();
-    for ((room, conn), user) in local {
+    for ((room, conn), (user, _)) in local.iter() {
         let (zset, _) = ctx.presence_keys(room);
         pipe.cmd("ZADD")
             .arg(zset)
@@ -460,7 +479,7 @@ async fn serve(
                 None => return,
             },
             _ = refresh.tick() => {
-                refresh_presence(&ctx, &mut manager.clone(), &local).await;
+                refresh_presence(&ctx, &mut manager.clone(), &mut local).await;
                 continue;
             }
         };
