@@ -38,6 +38,9 @@ struct TargetArgs {
     /// Server address (IP:port).
     #[arg(long)]
     addr: SocketAddr,
+    /// More nodes of the same cluster: client `i` connects to the `i mod n`-th of all of them.
+    #[arg(long, value_delimiter = ',')]
+    also: Vec<SocketAddr>,
     /// Name to verify the certificate against (and to send as SNI).
     #[arg(long, default_value = "localhost")]
     host: String,
@@ -84,6 +87,7 @@ enum Mode {
 /// Where and how to connect; shared by every simulated client.
 pub struct Target {
     addr: SocketAddr,
+    also: Vec<SocketAddr>,
     host: ServerName<'static>,
     origin: String,
     connector: TlsConnector,
@@ -126,6 +130,7 @@ impl Target {
         };
         Ok(Arc::new(Target {
             addr: a.addr,
+            also: a.also.clone(),
             host: ServerName::try_from(a.host.clone()).map_err(|e| format!("--host: {e}"))?,
             origin: a.origin.clone(),
             connector: TlsConnector::from(Arc::new(cfg)),
@@ -161,7 +166,11 @@ impl Target {
         user: &str,
         room: &str,
     ) -> Result<Ws, String> {
-        self.connect_at(connector, self.addr, i, user, room).await
+        let addr = match i % (1 + self.also.len()) {
+            0 => self.addr,
+            k => self.also[k - 1],
+        };
+        self.connect_at(connector, addr, i, user, room).await
     }
 
     /// Connect to `addr` (another node of a cluster) with `path` = `ROOM[?QUERY]`.

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The README's broadcast shape (1,000 clients in one room, 10 senders, 128-byte messages,
+# 100 msg/s) spread over two nodes sharing one Redis, for comparison with one node and SQLite
+# (bench/run.sh). Nodes and Redis share CPU 0, the load generator has CPU 1, as in bench/run.sh.
+#
+#   REPEATS=3 scripts/bench-cluster.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+REPEATS=${REPEATS:-3}
+[ -x /usr/bin/redis-server ] || { apt-get update -q && apt-get install -y -q redis-server; }
+cargo build --release --locked --workspace
+ulimit -n "$(ulimit -Hn)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+make_test_ca "$WORK"
+head -c 24 /dev/urandom | base64 > "$WORK/redis-password"
+export REDISCLI_AUTH
+REDISCLI_AUTH=$(cat "$WORK/redis-password")
+for r in $(seq 1 "$REPEATS"); do
+  REDIS_PORT=$(free_port)
+  rm -rf "$WORK/appendonlydir"
+  taskset -c 0 /usr/bin/redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --requirepass "$REDISCLI_AUTH" \
+    --dir "$WORK" --save "" --appendonly yes --appendfsync always > "$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  load_config "$WORK" '["bench"]' 6000 "messages_per_second = 1000000
+burst = 1000000
+handshakes_per_minute_per_ip = 1000000"
+  printf '[history]\nstore = "redis"\n[redis]\nurl = "redis://127.0.0.1:%s"\npassword_file = "redis-password"\n' "$REDIS_PORT" >> "$WORK/config.toml"
+  PORTS=()
+  for n in 0 1; do
+    taskset -c 0 target/release/wss-chat serve --config "$WORK/config.toml" > "$WORK/node$n.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do grep -q "listening on" "$WORK/node$n.log" && break; sleep 0.1; done
+    PORTS+=("$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/node$n.log" | head -n1)")
+  done
+  echo "== run $r/$REPEATS: 2 nodes on ${PORTS[*]}, Redis on $REDIS_PORT"
+  taskset -c 1 target/release/loadgen --addr "127.0.0.1:${PORTS[0]}" --also "127.0.0.1:${PORTS[1]}" \
+    --ca "$WORK/ca.pem" --secret-file "$WORK/jwt-secret" --source-ips 100 \
+    broadcast --clients 1000 --senders 10 --size 128 --rate 100 2>&1 | grep -v '^RESULT' | sed 's/^/   /'
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+done
