@@ -488,3 +488,39 @@ async fn rooms_opened_at_once_while_messages_flow_do_not_stall_the_node() {
     assert_eq!(messages(&mut bob, 200).await.len(), 200);
     stream.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_node_reaches_redis_over_tls_with_the_configured_ca() {
+    let redis = Redis::start_tls();
+    let (port, password_file, ca) = (redis.port, redis.password_file(), redis.ca_file());
+    let a = Server::start_with(move |c| {
+        c.history.store = HistoryStore::Redis;
+        c.redis.url = Some(format!("rediss://localhost:{port}"));
+        c.redis.password_file = Some(password_file);
+        c.redis.ca_file = Some(ca);
+    });
+    let (mut alice, _) = join_q(&a, "alice", "").await;
+    let (mut bob, _) = join_q(&a, "bob", "").await;
+    send_json(
+        &mut alice,
+        json!({"type":"message","text":"over tls","id":"t1"}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut alice).await["seq"], 1);
+    assert_eq!(messages(&mut bob, 1).await, [(1, "over tls".to_string())]);
+    // A CA that did not sign Redis's certificate: the node refuses to start (exit 2).
+    let mut c = test_config();
+    c.history.store = HistoryStore::Redis;
+    c.redis.url = Some(format!("rediss://localhost:{}", redis.port));
+    c.redis.password_file = Some(redis.password_file());
+    c.redis.ca_file = Some("ca.pem".into()); // the node's own test CA, not Redis's
+    let (dir, _ca) = server_dir(&config_toml(&c));
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+}

@@ -602,6 +602,70 @@ impl Redis {
         panic!("redis-server did not start on port {}", self.port);
     }
 
+    /// A redis-server that speaks only TLS (`rediss://localhost:PORT`), with a certificate from
+    /// a fresh test CA, whose PEM is at [`Redis::ca_file`].
+    pub fn start_tls() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let password = "redis-tls-password-77d2".to_string();
+        std::fs::write(dir.path().join("password"), &password).unwrap();
+        let ca = TestCa::new();
+        for (name, pem) in [
+            ("cert.pem", &ca.leaf_pem),
+            ("key.pem", &ca.key_pem),
+            ("ca.pem", &ca.ca_pem),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        let port = free_port();
+        let d = dir.path();
+        let child = Command::new("/usr/bin/redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--requirepass",
+                &password,
+                "--save",
+                "",
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(d.join("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(d.join("key.pem"))
+            .arg("--tls-ca-cert-file")
+            .arg(d.join("ca.pem"))
+            .arg("--dir")
+            .arg(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Redis {
+                    port,
+                    password,
+                    dir,
+                    child,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server (TLS) did not start on port {port}");
+    }
+
+    /// The CA that signed a TLS Redis's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// Stop it (SIGKILL).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
