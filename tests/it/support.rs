@@ -647,14 +647,16 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Owned at once, so a failed start still stops and reaps it (Drop).
+        let r = Redis {
+            port,
+            password,
+            dir,
+            child,
+        };
         for _ in 0..250 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Redis {
-                    port,
-                    password,
-                    dir,
-                    child,
-                };
+                return r;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
