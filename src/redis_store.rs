@@ -48,7 +48,7 @@ redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], seq .. '-0',
-  'ts', ARGV[2], 'from', ARGV[3], 'text', ARGV[4], 'id', ARGV[5])
+  'ts', ARGV[2], 'from', ARGV[3], 'text', ARGV[4], 'id', ARGV[5], 'by', ARGV[11] .. '|' .. ARGV[12])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], seq, 'EX', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
@@ -257,10 +257,14 @@ impl RedisStore {
         info!(prefix = %ctx.prefix, node = %ctx.node, "connected to Redis");
         let (jobs, rx) = mpsc::unbounded_channel();
         let (rooms, healthy) = (ctx.rooms.clone(), ctx.healthy.clone());
+        let (ready, subscribed) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("redis".into())
-            .spawn(move || runtime.block_on(serve(ctx, client, manager, rx)))
+            .spawn(move || runtime.block_on(serve(ctx, client, manager, rx, ready)))
             .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
+        subscribed
+            .recv()
+            .map_err(|_| "the Redis thread stopped before subscribing".to_string())?;
         Ok(RedisStore {
             jobs,
             rooms,
@@ -465,8 +469,13 @@ async fn serve(
     client: redis::Client,
     manager: ConnectionManager,
     mut jobs: mpsc::UnboundedReceiver<Job>,
+    ready: std::sync::mpsc::SyncSender<()>,
 ) {
-    tokio::spawn(subscribe(ctx.clone(), client, manager.clone()));
+    let (subscribed, first) = tokio::sync::oneshot::channel();
+    tokio::spawn(subscribe(ctx.clone(), client, manager.clone(), subscribed));
+    // Serve nothing (and so let the node listen) before it hears every other node's events.
+    let _ = tokio::time::timeout(Duration::from_secs(10), first).await;
+    let _ = ready.send(());
     tokio::spawn(check_health(ctx.clone(), manager.clone()));
     let open = Script::new(OPEN);
     let mut local = Local::new();
@@ -553,7 +562,7 @@ async fn serve(
                         ))),
                         Ok((seq, _)) => match fetch(&ctx, &mut con, &room, seq, seq).await {
                             Ok(mut events) if !events.is_empty() => {
-                                reply(Ok((events.remove(0), true)))
+                                reply(Ok((events.remove(0).0, true)))
                             }
                             // The original was trimmed: its seq is all that is known.
                             _ => reply(Ok((
@@ -598,7 +607,7 @@ async fn open_room(
     let mut log = MemoryLog::new(room, epoch, top, ctx.max_messages, ctx.max_age_ms);
     let room: Arc<str> = room.into();
     for entry in newest.into_iter().rev() {
-        if let Some(event) = parse_entry(&room, entry) {
+        if let Some((event, _)) = parse_entry(&room, entry) {
             log.load(event);
         }
     }
@@ -625,14 +634,15 @@ fn resync_frame() -> tokio_tungstenite::tungstenite::Message {
     )
 }
 
-/// Stream entries `from..=to` of a room, oldest first.
+/// Stream entries `from..=to` of a room, oldest first, each with the connection of this node
+/// that sent it (which is not sent it back), if any.
 async fn fetch(
     ctx: &Ctx,
     con: &mut ConnectionManager,
     room: &Arc<str>,
     from: u64,
     to: u64,
-) -> redis::RedisResult<Vec<Event>> {
+) -> redis::RedisResult<Vec<(Event, Option<u64>)>> {
     let entries: Vec<Entry> = con
         .xrange(
             ctx.key(room, "stream"),
@@ -643,13 +653,21 @@ async fn fetch(
     Ok(entries
         .into_iter()
         .filter_map(|e| parse_entry(room, e))
+        .map(|(event, by)| {
+            let origin = by
+                .split_once('|')
+                .filter(|(node, _)| *node == ctx.node)
+                .and_then(|(_, conn)| conn.parse().ok());
+            (event, origin)
+        })
         .collect())
 }
 
-fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<Event> {
+/// A stream entry as an event, and `NODE|CONN` of its sender.
+fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<(Event, String)> {
     let seq = id.strip_suffix("-0")?.parse().ok()?;
     let mut ts = 0;
-    let (mut from, mut text, mut cid) = (String::new(), String::new(), None);
+    let (mut from, mut text, mut cid, mut by) = (String::new(), String::new(), None, String::new());
     for pair in fields.chunks(2) {
         let [k, v] = pair else { continue };
         match k.as_str() {
@@ -657,10 +675,11 @@ fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<Event> {
             "from" => from = v.clone(),
             "text" => text = v.clone(),
             "id" if !v.is_empty() => cid = Some(v.clone()),
+            "by" => by = v.clone(),
             _ => {}
         }
     }
-    Some(Event {
+    let event = Event {
         room: room.clone(),
         seq,
         ts,
@@ -669,7 +688,8 @@ fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<Event> {
             text,
             id: cid,
         },
-    })
+    };
+    Some((event, by))
 }
 
 /// PING every second: readiness follows Redis within about a second plus the command
@@ -714,8 +734,14 @@ struct Published {
 
 /// The node's one subscription: every event to its room, gaps filled from the stream; on
 /// every (re)subscription each room catches up from its top.
-async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionManager) {
+async fn subscribe(
+    ctx: Arc<Ctx>,
+    client: redis::Client,
+    mut con: ConnectionManager,
+    subscribed: tokio::sync::oneshot::Sender<()>,
+) {
     let mut first = true;
+    let mut subscribed = Some(subscribed);
     loop {
         let mut pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
@@ -734,6 +760,9 @@ async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionMana
         if !std::mem::take(&mut first) {
             ctx.metrics.redis_resubscribes.inc();
         }
+        if let Some(tx) = subscribed.take() {
+            let _ = tx.send(());
+        }
         // Whatever was published while unsubscribed is in the streams; a room whose epoch
         // changed meanwhile (Redis restarted empty) is resynced first.
         if let Some(rooms) = ctx.rooms.get().and_then(Weak::upgrade) {
@@ -750,11 +779,15 @@ async fn subscribe(ctx: Arc<Ctx>, client: redis::Client, mut con: ConnectionMana
                         continue;
                     }
                 }
+                let (_, users) = ctx.presence_keys(&name);
+                if let Ok(present) = con.hkeys::<_, Vec<String>>(users).await {
+                    room.set_present(present);
+                }
                 let top = room.top();
                 if let Ok(events) = fetch(&ctx, &mut con, &name, top + 1, u64::MAX / 2).await {
                     ctx.metrics.redis_gap_fills.inc_by(events.len() as u64);
-                    for e in events {
-                        room.receive(&e, None, encode_event);
+                    for (e, origin) in events {
+                        room.receive(&e, origin, encode_event);
                     }
                 }
             }
@@ -818,8 +851,8 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
         // Missed events (a lost publish, a reconnect): the stream has them, in order.
         if let Ok(missing) = fetch(ctx, con, &room.name, top + 1, event.seq - 1).await {
             ctx.metrics.redis_gap_fills.inc_by(missing.len() as u64);
-            for e in &missing {
-                count(ctx, room.receive(e, None, encode_event));
+            for (e, origin) in &missing {
+                count(ctx, room.receive(e, *origin, encode_event));
             }
         }
         received = room.receive(&event, origin, encode_event);

@@ -383,6 +383,17 @@ impl Room {
         Ok(())
     }
 
+    /// The users present on every node, read from the shared store again (after its events
+    /// may have been missed): users with no connection here follow it.
+    pub fn set_present(&self, present: Vec<String>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let present: HashSet<String> = present.into_iter().collect();
+        st.users.retain(|u, here| *here > 0 || present.contains(u));
+        for u in present {
+            st.users.entry(u).or_insert(0);
+        }
+    }
+
     /// A join or leave published by the shared store: the list follows it, and every member
     /// here but `origin` (the connection that joined) is sent `frame`.
     pub fn presence_event(&self, joined: bool, user: &str, origin: Option<ConnId>, frame: Message) {
