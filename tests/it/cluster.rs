@@ -391,6 +391,23 @@ fn members(welcome: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// Presence across nodes is eventually consistent: a welcome lists what its node knows, and a
+/// user who joined on another node a moment before is announced by a join right after it.
+/// `ws` must know exactly `want` from its welcome and such joins, within 5 s.
+async fn learns_present(ws: &mut Ws, welcome: &Value, want: &[&str]) {
+    let mut known: std::collections::BTreeSet<String> =
+        members(welcome).into_iter().map(String::from).collect();
+    let want: std::collections::BTreeSet<String> = want.iter().map(|u| u.to_string()).collect();
+    while known != want {
+        let (kind, user) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), next_presence(ws))
+                .await
+                .unwrap_or_else(|_| panic!("knows {known:?}, not {want:?}"));
+        assert_eq!(kind, "join", "{user}");
+        assert!(known.insert(user.clone()), "{user} announced twice");
+    }
+}
+
 #[tokio::test]
 async fn presence_spans_nodes_counts_tabs_everywhere_and_a_killed_node_leaves_no_ghosts() {
     let redis = Redis::start();
@@ -398,7 +415,7 @@ async fn presence_spans_nodes_counts_tabs_everywhere_and_a_killed_node_leaves_no
     let (mut alice, w) = join_q(&a, "alice", "").await;
     assert_eq!(members(&w), ["alice"]);
     let (mut bob, w) = join_q(&b, "bob", "").await;
-    assert_eq!(members(&w), ["alice", "bob"], "{w}");
+    learns_present(&mut bob, &w, &["alice", "bob"]).await;
     assert_eq!(
         next_presence(&mut alice).await,
         ("join".into(), "bob".into())
