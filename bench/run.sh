@@ -48,7 +48,6 @@ mkdir -p "$WORK/off"
 cp "$WORK/config.toml" "$WORK/jwt-secret" "$WORK/cert.pem" "$WORK/key.pem" "$WORK/off/"
 printf '[history]\nstore = "off"\n' >> "$WORK/off/config.toml"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start NAME: the server pinned as asked; sets SERVER_PID, SERVER_PORT and AUTH (loadgen flags).
 start() {

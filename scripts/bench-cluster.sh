@@ -9,25 +9,19 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 REPEATS=${REPEATS:-3}
-[ -x /usr/bin/redis-server ] || { apt-get update -q && apt-get install -y -q redis-server; }
+need_redis
 cargo build --release --locked --workspace
 ulimit -n "$(ulimit -Hn)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 make_test_ca "$WORK"
-head -c 24 /dev/urandom | base64 > "$WORK/redis-password"
-export REDISCLI_AUTH
-REDISCLI_AUTH=$(cat "$WORK/redis-password")
 for r in $(seq 1 "$REPEATS"); do
   REDIS_PORT=$(free_port)
   rm -rf "$WORK/appendonlydir"
-  taskset -c 0 /usr/bin/redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --requirepass "$REDISCLI_AUTH" \
-    --dir "$WORK" --save "" --appendonly yes --appendfsync always > "$WORK/redis.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  start_redis "$WORK" "$REDIS_PORT" 0
+  PIDS+=("$REDIS_PID")
   load_config "$WORK" '["bench"]' 6000 "messages_per_second = 1000000
 burst = 1000000
 handshakes_per_minute_per_ip = 1000000"

@@ -99,3 +99,31 @@ $limits
 level = "warn,wss_chat=info,wss_chat::session=warn,wss_chat::http=warn"
 CONF
 }
+
+# free_port: a free loopback port (bound and released).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# need_redis: install Debian's redis-server when missing (the cluster scripts start their own).
+need_redis() {
+  [ -x /usr/bin/redis-server ] || { apt-get update -q && apt-get install -y -q redis-server; }
+}
+
+# start_redis DIR PORT [CPUS]: redis-server on 127.0.0.1:PORT, its password in DIR/redis-password
+# (made if missing) and its data in DIR, every write in the append-only file before it is
+# answered, as README advises; pinned to CPUS when given. Sets REDIS_PID and exports
+# REDISCLI_AUTH for redis-cli.
+start_redis() {
+  local d=$1 port=$2 cpus=${3:-}
+  [ -f "$d/redis-password" ] || head -c 24 /dev/urandom | base64 > "$d/redis-password"
+  export REDISCLI_AUTH
+  REDISCLI_AUTH=$(cat "$d/redis-password")
+  ${cpus:+taskset -c "$cpus"} /usr/bin/redis-server --port "$port" --bind 127.0.0.1 \
+    --requirepass "$REDISCLI_AUTH" --dir "$d" --save "" --appendonly yes --appendfsync always \
+    --maxmemory-policy noeviction > "$d/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  echo "redis-server did not start:"; cat "$d/redis.log"; return 1
+}

@@ -12,11 +12,10 @@ cd "$(dirname "$0")/.."
 NODES=${NODES:-5}
 CLIENTS=${CLIENTS:-19000}
 ROOMS=${ROOMS:-1000}
-[ -x /usr/bin/redis-server ] || { apt-get update -q && apt-get install -y -q redis-server; }
+need_redis
 cargo build --release --locked --workspace
 ulimit -n "$(ulimit -Hn)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -26,15 +25,9 @@ cleanup() {
 }
 trap cleanup EXIT
 make_test_ca "$WORK"
-head -c 24 /dev/urandom | base64 > "$WORK/redis-password"
-export REDISCLI_AUTH
-REDISCLI_AUTH=$(cat "$WORK/redis-password")
 REDIS_PORT=$(free_port)
-/usr/bin/redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --requirepass "$REDISCLI_AUTH" \
-  --dir "$WORK" --save "" --appendonly yes --appendfsync always --maxmemory-policy noeviction \
-  > "$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+start_redis "$WORK" "$REDIS_PORT"
+PIDS+=("$REDIS_PID")
 redis_before=$(redis-cli -p "$REDIS_PORT" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
 
 load_config "$WORK" '[]' 20000 "handshakes_per_minute_per_ip = 1000000"

@@ -17,35 +17,23 @@ args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   [ "${args[$i]}" = --duration-secs ] && DURATION=${args[$((i + 1))]}
 done
-[ -x /usr/bin/redis-server ] || { apt-get update -q && apt-get install -y -q redis-server; }
+need_redis
 cargo build --release --locked --workspace
 ulimit -n "$(ulimit -Hn)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)
 PIDS=()
 REDIS_PID=
 cleanup() {
+  [ -f "$WORK/redis.pid" ] && REDIS_PID=$(cat "$WORK/redis.pid")
   for p in "${PIDS[@]}" $REDIS_PID; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 make_test_ca "$WORK"
-head -c 24 /dev/urandom | base64 > "$WORK/redis-password"
 REDIS_PORT=$(free_port)
-start_redis() {
-  /usr/bin/redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --requirepass "$(cat "$WORK/redis-password")" \
-    --dir "$WORK" --save "" --appendonly yes --appendfsync always --maxmemory-policy noeviction \
-    > "$WORK/redis.log" 2>&1 &
-  REDIS_PID=$!
-  for _ in $(seq 1 100); do
-    REDISCLI_AUTH=$(cat "$WORK/redis-password") redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
-    sleep 0.1
-  done
-  echo "redis did not start"; cat "$WORK/redis.log"; return 1
-}
-start_redis
+start_redis "$WORK" "$REDIS_PORT"
 
 load_config "$WORK" '["soak0"]' 20000 "handshakes_per_minute_per_ip = 100000
 messages_per_second = 1000
@@ -81,7 +69,8 @@ echo "redis on $REDIS_PORT, nodes on ${PORTS[*]}"
   echo "== $(date -u +%T) kill -9 Redis"
   kill -9 "$REDIS_PID"
   sleep 3
-  start_redis && echo "== $(date -u +%T) Redis back with its data"
+  start_redis "$WORK" "$REDIS_PORT" && echo "$REDIS_PID" > "$WORK/redis.pid" \
+    && echo "== $(date -u +%T) Redis back with its data"
 ) &
 CHAOS=$!
 
@@ -94,5 +83,5 @@ wait "$CHAOS" || true
 for n in 0 1 2; do
   echo "node $n: log lines with panic: $(grep -ci panic "$WORK/node$n.log" || true), RSS $(grep VmRSS /proc/"${PIDS[$n]}"/status 2>/dev/null | awk '{print $2}') KiB"
 done
-echo "redis: $(REDISCLI_AUTH=$(cat "$WORK/redis-password") redis-cli -p "$REDIS_PORT" info memory | grep used_memory_human)"
+echo "redis: $(redis-cli -p "$REDIS_PORT" info memory | grep used_memory_human)"
 exit $status
