@@ -12,10 +12,7 @@ REPEATS=${REPEATS:-3}
 need_redis
 cargo build --release --locked --workspace
 ulimit -n "$(ulimit -Hn)"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+with_work
 make_test_ca "$WORK"
 for r in $(seq 1 "$REPEATS"); do
   REDIS_PORT=$(free_port)

@@ -127,3 +127,28 @@ start_redis() {
   done
   echo "redis-server did not start:"; cat "$d/redis.log"; return 1
 }
+
+# with_work: a temp dir in WORK and a list PIDS of processes started in it; at exit (also on
+# Ctrl-C or TERM) every process in PIDS or in a WORK/*.pid file (written by subshells) gets
+# TERM, then KILL if it is still there after 5 s (a hung server must not outlive the run), and
+# WORK is removed.
+with_work() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap cleanup_work EXIT
+  trap 'exit 130' INT TERM
+}
+cleanup_work() {
+  local p all
+  all="${PIDS[*]} $(cat "$WORK"/*.pid 2>/dev/null || true)"
+  for p in $all; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    local alive=
+    for p in $all; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ -n "$alive" ] || break
+    sleep 0.1
+  done
+  for p in $all; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}

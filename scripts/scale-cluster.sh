@@ -15,15 +15,8 @@ ROOMS=${ROOMS:-1000}
 need_redis
 cargo build --release --locked --workspace
 ulimit -n "$(ulimit -Hn)"
+with_work
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 make_test_ca "$WORK"
 REDIS_PORT=$(free_port)
 start_redis "$WORK" "$REDIS_PORT"

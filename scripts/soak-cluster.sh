@@ -20,20 +20,12 @@ done
 need_redis
 cargo build --release --locked --workspace
 ulimit -n "$(ulimit -Hn)"
+with_work
 
-WORK=$(mktemp -d)
-PIDS=()
-REDIS_PID=
-cleanup() {
-  [ -f "$WORK/redis.pid" ] && REDIS_PID=$(cat "$WORK/redis.pid")
-  for p in "${PIDS[@]}" $REDIS_PID; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 make_test_ca "$WORK"
 REDIS_PORT=$(free_port)
 start_redis "$WORK" "$REDIS_PORT"
+PIDS+=("$REDIS_PID")
 
 load_config "$WORK" '["soak0"]' 20000 "handshakes_per_minute_per_ip = 100000
 messages_per_second = 1000
