@@ -628,12 +628,6 @@ async fn current_epoch(
     con.hget(&meta, "epoch").await
 }
 
-fn resync_frame() -> tokio_tungstenite::tungstenite::Message {
-    tokio_tungstenite::tungstenite::Message::text(
-        crate::protocol::ServerFrame::Resync { reason: "epoch" }.to_json(),
-    )
-}
-
 /// Stream entries `from..=to` of a room, oldest first, each with the connection of this node
 /// that sent it (which is not sent it back), if any.
 async fn fetch(
@@ -770,7 +764,7 @@ async fn subscribe(
                 let name: Arc<str> = room.name.clone();
                 match current_epoch(&ctx, &mut con, &name).await {
                     Ok(epoch) => {
-                        if room.resync(&epoch, resync_frame) {
+                        if room.resync(&epoch) {
                             ctx.metrics.redis_resyncs.inc();
                         }
                     }
@@ -787,7 +781,7 @@ async fn subscribe(
                 if let Ok(events) = fetch(&ctx, &mut con, &name, top + 1, u64::MAX / 2).await {
                     ctx.metrics.redis_gap_fills.inc_by(events.len() as u64);
                     for (e, origin) in events {
-                        room.receive(&e, origin, encode_event);
+                        room.receive(&e, None, origin, encode_event);
                     }
                 }
             }
@@ -832,9 +826,6 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
         room.presence_event(p.kind == "join", &p.user, origin, frame);
         return;
     }
-    if room.resync(&p.epoch, resync_frame) {
-        ctx.metrics.redis_resyncs.inc();
-    }
     let origin = (p.node == ctx.node).then(|| p.conn.parse().ok()).flatten();
     let event = Event {
         room: room.name.clone(),
@@ -846,16 +837,19 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
             id: (!p.id.is_empty()).then_some(p.id),
         },
     };
-    let mut received = room.receive(&event, origin, encode_event);
+    let (resynced, mut received) = room.receive(&event, Some(&p.epoch), origin, encode_event);
+    if resynced {
+        ctx.metrics.redis_resyncs.inc();
+    }
     if let Received::Gap(top) = received {
         // Missed events (a lost publish, a reconnect): the stream has them, in order.
         if let Ok(missing) = fetch(ctx, con, &room.name, top + 1, event.seq - 1).await {
             ctx.metrics.redis_gap_fills.inc_by(missing.len() as u64);
             for (e, origin) in &missing {
-                count(ctx, room.receive(e, *origin, encode_event));
+                count(ctx, room.receive(e, None, *origin, encode_event).1);
             }
         }
-        received = room.receive(&event, origin, encode_event);
+        received = room.receive(&event, None, origin, encode_event).1;
     }
     count(ctx, received);
 }

@@ -181,6 +181,38 @@ impl RoomState {
         })
     }
 
+    /// See [`Room::receive`].
+    fn receive(
+        &mut self,
+        event: &Event,
+        origin: Option<ConnId>,
+        encode: impl FnOnce(&Event) -> Message,
+    ) -> Received {
+        let top = self.log.top();
+        if event.seq <= top {
+            return Received::Duplicate;
+        }
+        if event.seq > top + 1 {
+            return Received::Gap(top);
+        }
+        if self.log.append(event.ts, &event.kind).is_err() {
+            return Received::Duplicate;
+        }
+        Received::Delivered(self.deliver(origin.unwrap_or(0), encode(event), event.seq))
+    }
+
+    /// See [`Room::resync`].
+    fn resync(&mut self, epoch: &str) -> bool {
+        if *self.epoch == *epoch {
+            return false;
+        }
+        self.log.reset(epoch.to_string());
+        self.epoch = epoch.into();
+        let frame = ServerFrame::Resync { reason: "epoch" };
+        self.deliver(0, Message::text(frame.to_json()), 0);
+        true
+    }
+
     /// Queue `msg` for every member but `from`.
     fn deliver(&self, from: ConnId, msg: Message, seq: u64) -> Fanout {
         let mut out = Fanout {
@@ -351,24 +383,29 @@ impl Room {
     /// An event published by the shared store: appended and delivered (but not to `origin`,
     /// the connection that sent it) when it is the next seq; a seq already here is a
     /// duplicate; a later one means events are missing, which the caller fetches first.
+    /// With `epoch`, the epoch is checked first under the same lock (see [`Room::resync`]);
+    /// the bool says whether the room was resynced.
     pub fn receive(
         &self,
         event: &Event,
+        epoch: Option<&str>,
         origin: Option<ConnId>,
         encode: impl FnOnce(&Event) -> Message,
-    ) -> Received {
+    ) -> (bool, Received) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let top = st.log.top();
-        if event.seq <= top {
-            return Received::Duplicate;
-        }
-        if event.seq > top + 1 {
-            return Received::Gap(top);
-        }
-        if st.log.append(event.ts, &event.kind).is_err() {
-            return Received::Duplicate;
-        }
-        Received::Delivered(st.deliver(origin.unwrap_or(0), encode(event), event.seq))
+        let resynced = epoch.is_some_and(|e| st.resync(e));
+        (resynced, st.receive(event, origin, encode))
+    }
+
+    /// The shared store gives the room `epoch`. If it is not the room's, the store lost the
+    /// room's events (Redis restarted empty, or they expired): the log starts again at seq 0
+    /// under it, and every member is sent a `resync` before any message of the new epoch.
+    /// Returns whether that happened.
+    pub fn resync(&self, epoch: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resync(epoch)
     }
 
     /// With a shared store, start from the users present on every node.
@@ -407,22 +444,6 @@ impl Room {
             // its own arrival will be announced.
         }
         st.deliver(origin.unwrap_or(0), frame, 0);
-    }
-
-    /// The shared store gives the room `epoch`. If it is not the room's, the store lost the
-    /// room's events (Redis restarted empty, or they expired): the log starts again at seq 0
-    /// under it, and every member is sent `frame` (a resync) before any message of the new
-    /// epoch. Returns whether that happened.
-    pub fn resync(&self, epoch: &str, frame: impl FnOnce() -> Message) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if *st.epoch == *epoch {
-            return false;
-        }
-        st.log.reset(epoch.to_string());
-        st.epoch = epoch.into();
-        // Waiting writes belong to the old epoch; only a durable store has them.
-        st.deliver(0, frame(), 0);
-        true
     }
 
     /// The room's top seq as this node has it.
