@@ -532,12 +532,7 @@ async fn a_node_reaches_redis_over_tls_with_the_configured_ca() {
     c.redis.password_file = Some(redis.password_file());
     c.redis.ca_file = Some("ca.pem".into()); // the node's own test CA, not Redis's
     let (dir, _ca) = server_dir(&config_toml(&c));
-    let out = bin()
-        .args(["serve", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_bin(bin(), "serve", dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
 }

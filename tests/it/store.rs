@@ -197,20 +197,6 @@ async fn a_deleted_store_starts_every_room_over_with_a_new_epoch() {
     assert_eq!((mode("data"), mode(STORE)), (0o700, 0o600));
 }
 
-/// Run `cmd serve` on the config in `dir`: its exit code and stderr.
-fn serve_output(mut cmd: std::process::Command, dir: &Path) -> (Option<i32>, String) {
-    let out = cmd
-        .args(["serve", "--config"])
-        .arg(dir.join("config.toml"))
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Every file under `dir`, with its bytes (directories as `None`).
 fn snapshot(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut out = BTreeMap::new();
@@ -242,7 +228,7 @@ fn refused(make: impl FnOnce(&Path), reason: &str) {
     std::fs::create_dir(&data).unwrap();
     make(&data);
     let before = snapshot(&data);
-    let (code, stderr) = serve_output(bin(), dir.path());
+    let (code, stderr) = run_bin(bin(), "serve", dir.path());
     assert_eq!(code, Some(2), "{reason}: {stderr}");
     assert!(
         stderr.contains(STORE),
@@ -327,7 +313,7 @@ fn an_unwritable_directory_stops_the_server() {
     } else {
         bin()
     };
-    let (code, stderr) = serve_output(cmd, dir.path());
+    let (code, stderr) = run_bin(cmd, "serve", dir.path());
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(STORE) && stderr.contains("cannot create it"),
@@ -396,13 +382,8 @@ fn check_config_names_a_bad_store_value_and_unknown_history_keys() {
         &config_toml(&test_config())
             .replace("store = \"off\"", "store = \"postgres\"\nretention = 5"),
     );
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_bin(bin(), "check-config", dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("history.store"), "{stderr}");
     assert!(stderr.contains("history.retention"), "{stderr}");
 }
@@ -447,13 +428,8 @@ fn check_config_refuses_a_redis_url_with_credentials_and_never_repeats_it() {
     c.redis.url = Some("redis://:hunter2-secret@127.0.0.1:6379".into());
     c.redis.key_prefix = "bad prefix".into();
     let (dir, _ca) = server_dir(&config_toml(&c));
-    let out = bin()
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_bin(bin(), "check-config", dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("redis.url") && stderr.contains("must not hold credentials"),
         "{stderr}"

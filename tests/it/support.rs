@@ -401,6 +401,21 @@ fn spawn(cfg_path: &std::path::Path, log: &Arc<Mutex<Vec<String>>>) -> (Child, S
     }
 }
 
+/// Run `cmd` (the binary, or a wrapper of it) as `COMMAND --config DIR/config.toml`: its exit
+/// code and stderr.
+pub fn run_bin(mut cmd: Command, command: &str, dir: &std::path::Path) -> (Option<i32>, String) {
+    let out = cmd
+        .args([command, "--config"])
+        .arg(dir.join("config.toml"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The server binary, for command-line tests.
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wss-chat"))
