@@ -886,6 +886,15 @@ impl Config {
             if r.ca_file.is_some() && !url.starts_with("rediss://") {
                 bad("redis.ca_file", "is only used with a rediss:// url".into());
             }
+            if let Some(ca) = &r.ca_file {
+                let path = self.resolve(ca);
+                if let Err(e) = std::fs::metadata(&path) {
+                    bad(
+                        "redis.ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                }
+            }
         } else if h.store == HistoryStore::Redis {
             bad(
                 "redis.url",

@@ -96,6 +96,14 @@ fn main() -> ExitCode {
                 for w in c.loosened() {
                     println!("warning: loosened default: {w}");
                 }
+                if c.history.store == wss_chat::config::HistoryStore::Redis {
+                    println!(
+                        "note: with Redis, these stay per node (each node enforces its own): \
+                         limits.* (rates per connection and user), server.max_connections, \
+                         server.max_connections_per_ip, server.max_connections_per_user, \
+                         rooms.max_members, rooms.max_rooms"
+                    );
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub store_failures: Counter,
     /// Round trips to Redis (scripts and health checks).
     pub redis_roundtrip_seconds: Histogram,
+    /// Redis scripts that failed (messages, presence arrivals, departures and sweeps).
+    pub redis_script_errors: Counter,
     /// Times events were missing from the subscription and read from the stream instead.
     pub redis_gap_fills: Counter,
     /// Times the node's subscription was (re-)established after the first.
@@ -89,6 +91,7 @@ impl Metrics {
             store_trimmed: Counter::default(),
             store_failures: Counter::default(),
             redis_roundtrip_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            redis_script_errors: Counter::default(),
             redis_gap_fills: Counter::default(),
             redis_resubscribes: Counter::default(),
             redis_resyncs: Counter::default(),
@@ -168,6 +171,11 @@ impl Metrics {
             "redis_roundtrip_seconds",
             "Round trips to Redis",
             m.redis_roundtrip_seconds.clone(),
+        );
+        registry.register(
+            "redis_script_errors",
+            "Redis scripts that failed",
+            m.redis_script_errors.clone(),
         );
         registry.register(
             "redis_gap_fills",

@@ -387,6 +387,7 @@ async fn presence_job(ctx: &Ctx, con: &mut ConnectionManager, local: &mut Local,
         _ => return,
     };
     if let Err(e) = result {
+        ctx.metrics.redis_script_errors.inc();
         debug!(error = %e, "Redis presence update failed; the next refresh repairs it");
     }
 }
@@ -456,11 +457,11 @@ async fn refresh_presence(ctx: &Ctx, con: &mut ConnectionManager, local: &mut Lo
             .arg(&ctx.node)
             .query_async(con)
             .await;
-        if let Ok(n) = swept {
-            if n > 0 {
-                ctx.metrics.redis_presence_swept.inc_by(n as u64);
-            }
-        }
+        match swept {
+            Ok(n) if n > 0 => ctx.metrics.redis_presence_swept.inc_by(n as u64),
+            Ok(_) => 0,
+            Err(_) => ctx.metrics.redis_script_errors.inc(),
+        };
     }
 }
 
@@ -577,6 +578,7 @@ async fn serve(
                         },
                         Err(e) => {
                             ctx.metrics.store_failures.inc();
+                            ctx.metrics.redis_script_errors.inc();
                             warn!(error = %e, "Redis refused a message; it reached nobody");
                             reply(Err(StoreError(e.to_string())))
                         }

@@ -440,3 +440,33 @@ fn check_config_refuses_a_redis_url_with_credentials_and_never_repeats_it() {
         "the password was repeated: {stderr}"
     );
 }
+
+#[test]
+fn check_config_accepts_a_redis_config_and_says_what_stays_per_node() {
+    let secret_dir = tempfile::tempdir().unwrap();
+    let pw = secret_dir.path().join("redis-password");
+    std::fs::write(&pw, "a-password").unwrap();
+    let mut c = test_config();
+    c.history.store = HistoryStore::Redis;
+    c.redis.url = Some("rediss://redis.internal:6380".into());
+    c.redis.password_file = Some(pw);
+    let (dir, _ca) = server_dir(&config_toml(&c));
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("stay per node") && stdout.contains("limits.*"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("a-password"));
+    // A CA file that is not there is named.
+    c.redis.ca_file = Some("missing-ca.pem".into());
+    let (dir, _ca) = server_dir(&config_toml(&c));
+    let (code, stderr) = run_bin(bin(), "check-config", dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("redis.ca_file"), "{stderr}");
+}
