@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_sha256_hex, AuthConfig, StaticUser};
 use crate::protocol::{valid_user_name, BEARER_PROTOCOL_PREFIX, TOKEN_COOKIE};
+use crate::roles::{role_in, Role, RoomRoles};
 
 /// A user the server has authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct Identity {
     pub rooms: Option<Vec<String>>,
     /// Unix seconds after which a signed token stops being valid; `None` for static tokens.
     pub expires_at: Option<u64>,
+    /// Roles by room (member where a room is not named).
+    pub roles: Option<RoomRoles>,
 }
 
 impl Identity {
@@ -30,6 +33,10 @@ impl Identity {
         self.rooms
             .as_ref()
             .is_none_or(|rooms| rooms.iter().any(|r| r == room))
+    }
+
+    pub fn role(&self, room: &str) -> Role {
+        role_in(self.roles.as_ref(), room)
     }
 }
 
@@ -42,6 +49,10 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Vec<String>>,
+    /// Roles by room, e.g. `{"announcements":"reader"}`; an unknown role makes the token
+    /// invalid rather than quietly a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<RoomRoles>,
 }
 
 /// Why a request was not authenticated. The client only ever sees 401; the reason is logged.
@@ -102,6 +113,7 @@ struct StaticEntry {
     user: String,
     hash: [u8; 32],
     rooms: Option<Vec<String>>,
+    roles: Option<RoomRoles>,
 }
 
 /// Checks tokens against the configured users and signing secret.
@@ -137,6 +149,7 @@ impl Authenticator {
                     hash: parse_sha256_hex(&u.token_sha256)
                         .ok_or_else(|| format!("auth.users {}: bad token_sha256", u.name))?,
                     rooms: u.rooms.clone(),
+                    roles: u.roles.clone(),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -176,6 +189,7 @@ impl Authenticator {
                 user: e.user.clone(),
                 rooms: e.rooms.clone(),
                 expires_at: None,
+                roles: e.roles.clone(),
             })
             .ok_or(Refusal::Invalid)
     }
@@ -188,6 +202,7 @@ fn verify_jwt(token: &str, key: &DecodingKey, v: &Validation) -> Result<Identity
             user: data.claims.sub,
             rooms: data.claims.rooms,
             expires_at: Some(data.claims.exp),
+            roles: data.claims.roles,
         }),
         Ok(_) => Err(Refusal::Invalid),
         Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(Refusal::Expired),
@@ -235,6 +250,7 @@ mod tests {
                     name: "alice".into(),
                     token_sha256: sha256_hex(b"alice-token"),
                     rooms: Some(vec!["lobby".into()]),
+                    roles: None,
                 }],
                 jwt_secret_file: Some("secret".into()),
                 jwt_secret_env: None,
@@ -263,6 +279,7 @@ mod tests {
             exp,
             nbf,
             rooms: None,
+            roles: None,
         };
         let ok = mint(SECRET, &claims(now() + 60, None));
         assert_eq!(a.verify(&ok).unwrap().user, "bob");

@@ -67,6 +67,8 @@ pub struct Config {
     pub history: HistoryConfig,
     pub presence: PresenceConfig,
     pub redis: RedisConfig,
+    pub api: ApiConfig,
+    pub moderation: ModerationConfig,
     /// Directory of the config file: relative paths in it are resolved from here, so the
     /// server behaves the same whatever directory it is started from.
     #[serde(skip)]
@@ -139,6 +141,8 @@ pub struct StaticUser {
     pub name: String,
     pub token_sha256: String,
     pub rooms: Option<Vec<String>>,
+    /// Roles by room, e.g. `roles = { lobby = "moderator" }`; member where not named.
+    pub roles: Option<crate::roles::RoomRoles>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -281,6 +285,64 @@ impl RedisConfig {
     }
 }
 
+/// The HTTP API for back ends (`/api/v1`): its keys and their rate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub keys: Vec<ApiKey>,
+    /// Requests per second each key may make, and its burst.
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            keys: Vec::new(),
+            requests_per_second: 10,
+            burst: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Names the key in logs and, by default, as the sender of what it posts.
+    pub name: String,
+    /// The SHA-256 of the key, 64 hex digits (`wss-chat gen-api-key` prints both).
+    pub key_sha256: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Publish,
+    Read,
+    Moderate,
+}
+
+/// Moderation's bounds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationConfig {
+    /// The longest mute a moderator may give.
+    pub max_mute_s: u64,
+    /// How long a kicked user is kept out of the room.
+    pub kick_ban_s: u64,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        ModerationConfig {
+            max_mute_s: 86_400,
+            kick_ban_s: 60,
+        }
+    }
+}
+
 /// Who is in a room: the welcome's `members`, and join/leave frames.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -351,6 +413,8 @@ impl Default for Config {
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
             redis: RedisConfig::default(),
+            api: ApiConfig::default(),
+            moderation: ModerationConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -637,6 +701,8 @@ impl Config {
                 "history" => check_keys::<HistoryConfig>,
                 "presence" => check_keys::<PresenceConfig>,
                 "redis" => check_keys::<RedisConfig>,
+                "api" => check_keys::<ApiConfig>,
+                "moderation" => check_keys::<ModerationConfig>,
                 _ => {
                     problems.push(Problem {
                         key: section.clone(),
@@ -777,6 +843,14 @@ impl Config {
                 if !valid_room_name(r) {
                     bad(
                         &format!("{key}.rooms[{j}]"),
+                        format!("{r:?} is not a room name (1 to 64 of A-Z a-z 0-9 _ . -)"),
+                    );
+                }
+            }
+            for r in u.roles.iter().flat_map(|r| r.keys()) {
+                if !valid_room_name(r) {
+                    bad(
+                        &format!("{key}.roles"),
                         format!("{r:?} is not a room name (1 to 64 of A-Z a-z 0-9 _ . -)"),
                     );
                 }
@@ -933,6 +1007,62 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.presence.max_listed) {
             bad("presence.max_listed", "must be between 1 and 100000".into());
+        }
+        let mut key_names = std::collections::HashSet::new();
+        let mut key_hashes = std::collections::HashSet::new();
+        for (i, k) in self.api.keys.iter().enumerate() {
+            let key = format!("api.keys[{i}]");
+            if !valid_user_name(&k.name) {
+                bad(
+                    &format!("{key}.name"),
+                    "must be 1 to 64 characters without control characters".into(),
+                );
+            }
+            if !key_names.insert(k.name.as_str()) {
+                bad(
+                    &format!("{key}.name"),
+                    format!("{:?} is listed twice", k.name),
+                );
+            }
+            match parse_sha256_hex(&k.key_sha256) {
+                Some(h) if !key_hashes.insert(h) => bad(
+                    &format!("{key}.key_sha256"),
+                    "is the hash of another key too".into(),
+                ),
+                Some(_) => {}
+                None => bad(
+                    &format!("{key}.key_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key; `wss-chat gen-api-key` prints both)"
+                        .into(),
+                ),
+            }
+            if k.scopes.is_empty() {
+                bad(
+                    &format!("{key}.scopes"),
+                    "is empty: list publish, read and/or moderate".into(),
+                );
+            }
+        }
+        if !(1..=10_000).contains(&self.api.requests_per_second) {
+            bad(
+                "api.requests_per_second",
+                "must be between 1 and 10000".into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.api.burst) {
+            bad("api.burst", "must be between 1 and 10000".into());
+        }
+        if !(1..=30 * 86_400).contains(&self.moderation.max_mute_s) {
+            bad(
+                "moderation.max_mute_s",
+                "must be between 1 and 2592000".into(),
+            );
+        }
+        if !(1..=30 * 86_400).contains(&self.moderation.kick_ban_s) {
+            bad(
+                "moderation.kick_ban_s",
+                "must be between 1 and 2592000".into(),
+            );
         }
         if h.on_join > 1000 || h.on_join > h.max_messages_per_room {
             bad(

@@ -20,12 +20,15 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::moderation::{audit, Action, Kind};
 use crate::protocol::{ErrorCode, ServerFrame, WelcomeLimits};
+use crate::roles::Role;
 use crate::room::{
-    next_conn_id, Fanout, Membership, Outbox, Outgoing, Published, Reply, Reservation, Rooms,
+    moderation_frame, next_conn_id, ConnId, Fanout, Membership, Outbox, Outgoing, Published, Reply,
+    Reservation, Room, Rooms, Sanctioned,
 };
 use crate::sanitize::Sanitizer;
-use crate::store::{now_ms, Event, EventKind};
+use crate::store::{now_ms, Event, EventKind, StoreError};
 
 /// The shared state of the chat, built once from the config.
 #[derive(Debug)]
@@ -44,6 +47,8 @@ pub struct Engine {
     max_listed: Option<usize>,
     /// How long a message id is remembered for idempotent resends.
     dedup_window_ms: u64,
+    max_mute_s: u64,
+    kick_ban_ms: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -51,6 +56,8 @@ pub struct Engine {
 #[derive(Debug)]
 pub struct Member {
     pub identity: Identity,
+    /// The identity's role in this room, fixed at join.
+    pub role: Role,
     pub membership: Membership,
     pub outbox: Arc<Outbox>,
 }
@@ -62,6 +69,10 @@ pub enum Rejection {
     Empty,
     /// The room's log could not take it.
     Unavailable,
+    /// The sender's role here does not allow posting (a reader), or they were kicked.
+    Forbidden,
+    /// Muted by a moderator for this many more milliseconds.
+    Muted(u64),
 }
 
 impl Rejection {
@@ -70,6 +81,8 @@ impl Rejection {
             Rejection::TooLong => ErrorCode::TooLong,
             Rejection::Empty => ErrorCode::Empty,
             Rejection::Unavailable => ErrorCode::Unavailable,
+            Rejection::Forbidden => ErrorCode::Forbidden,
+            Rejection::Muted(_) => ErrorCode::Muted,
         }
     }
 
@@ -78,9 +91,94 @@ impl Rejection {
             Rejection::TooLong => "text longer than max_message_bytes",
             Rejection::Empty => "nothing left to send after sanitising",
             Rejection::Unavailable => "the message could not be stored; send it again later",
+            Rejection::Forbidden => "your role in this room does not allow posting",
+            Rejection::Muted(_) => "a moderator muted you in this room",
+        }
+    }
+
+    /// How long until trying again makes sense, for `retry_after_ms`.
+    pub fn retry_after_ms(self) -> Option<u64> {
+        match self {
+            Rejection::Muted(ms) => Some(ms.max(1)),
+            _ => None,
         }
     }
 }
+
+/// Who posts a message, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Author<'a> {
+    pub room: &'a Arc<Room>,
+    /// The sending connection, which is not sent its own message; an API call has its own.
+    pub conn: ConnId,
+    /// The name shown as `from`.
+    pub name: &'a str,
+    pub role: Role,
+    /// Posted through the HTTP API (shown with `"via":"api"`).
+    pub via_api: bool,
+}
+
+/// What [`Engine::submit`] did with a message.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Stored and delivered now.
+    New(Posted),
+    /// The same id was stored before: the original; delivered to nobody again.
+    Again(Posted),
+    /// Waiting for the durable store; the reply is called once it is settled.
+    Queued,
+}
+
+/// Why a moderation request was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModRefusal {
+    /// Not a moderator here, or the target is one.
+    Forbidden(&'static str),
+    /// The user to act on is not in the room.
+    NotPresent,
+    /// The room never had that seq.
+    NotFound,
+    /// The request is malformed (a reason too long, a mute too long).
+    Bad(String),
+    Unavailable,
+}
+
+impl ModRefusal {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ModRefusal::Forbidden(_) => ErrorCode::Forbidden,
+            ModRefusal::NotPresent => ErrorCode::NotPresent,
+            ModRefusal::NotFound => ErrorCode::NotFound,
+            ModRefusal::Bad(_) => ErrorCode::BadRequest,
+            ModRefusal::Unavailable => ErrorCode::Unavailable,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ModRefusal::Forbidden(why) => why,
+            ModRefusal::NotPresent => "that user is not in this room",
+            ModRefusal::NotFound => "this room never had a message with that seq",
+            ModRefusal::Bad(why) => why,
+            ModRefusal::Unavailable => "the action could not be stored; try again later",
+        }
+    }
+}
+
+/// Who asks for a moderation action.
+#[derive(Debug, Clone, Copy)]
+pub struct Moderator<'a> {
+    pub name: &'a str,
+    /// The moderator's connection (answered with the request's id rather than the broadcast).
+    pub conn: Option<ConnId>,
+    pub role: Role,
+    /// "socket" or "api", for the audit log.
+    pub via: &'static str,
+}
+
+/// Told once how a moderation request ended: the frame announcing it (with the request's
+/// id), or why it was refused.
+pub type ModDone = Box<dyn FnOnce(Result<Message, ModRefusal>) + Send>;
 
 /// Messages in a history page unless the client asks for fewer, and the most it may ask for.
 const DEFAULT_PAGE: usize = 50;
@@ -94,14 +192,22 @@ pub struct Resume {
 }
 
 /// The one shape of a message frame, live or replayed alike.
-fn message_frame<'a>(room: &'a str, seq: u64, ts: u64, kind: &'a EventKind) -> ServerFrame<'a> {
-    let EventKind::Message { from, text, .. } = kind;
+pub fn message_frame<'a>(room: &'a str, seq: u64, ts: u64, kind: &'a EventKind) -> ServerFrame<'a> {
+    let EventKind::Message {
+        from,
+        text,
+        via_api,
+        deleted,
+        ..
+    } = kind;
     ServerFrame::Message {
         room,
         from,
         text,
         seq,
         ts,
+        via: via_api.then_some("api"),
+        deleted: *deleted,
     }
 }
 
@@ -160,6 +266,8 @@ impl Engine {
                 .enabled
                 .then_some(config.presence.max_listed),
             dedup_window_ms: config.history.dedup_window_s.saturating_mul(1000),
+            max_mute_s: config.moderation.max_mute_s,
+            kick_ban_ms: config.moderation.kick_ban_s.saturating_mul(1000),
             metrics,
         }
     }
@@ -183,10 +291,12 @@ impl Engine {
         // The backlog may not fill the outbox: a member must be able to take live messages.
         let budget = self.outbound_queue_bytes / 2;
         let max_listed = self.max_listed;
+        let role = identity.role(&room_name);
         let membership = self.rooms.join(
             reservation,
             next_conn_id(),
             &identity.user,
+            role,
             outbox.clone(),
             |log, users, outbox| {
                 if echo {
@@ -216,6 +326,7 @@ impl Engine {
                     recovered,
                     members: max_listed.map(|n| users.keys().take(n).map(String::as_str).collect()),
                     members_truncated: max_listed.is_some_and(|n| users.len() > n),
+                    role: role.as_str(),
                 };
                 outbox.push(Message::text(welcome.to_json()));
                 for frame in backlog {
@@ -225,23 +336,22 @@ impl Engine {
         );
         let member = Member {
             identity,
+            role,
             membership,
             outbox,
         };
         (member, rx)
     }
 
-    /// A page of the member's room: the newest `limit` (default 50, at most 100) retained
-    /// messages with seq < `before` (default: all), oldest first, as the JSON frame to send,
-    /// or `None` when `before` or `limit` is not a positive whole number (0 allowed for
-    /// `before`).
-    pub fn history(
+    /// A page of `room`: the newest `limit` (default 50, at most 100) retained messages with
+    /// seq < `before` (default: all), oldest first, and whether older ones are retained; `None`
+    /// when `before` or `limit` is not a whole number (`limit` at least 1).
+    pub fn page(
         &self,
-        member: &Member,
-        id: Option<&str>,
+        room: &Room,
         before: &serde_json::Value,
         limit: &serde_json::Value,
-    ) -> Option<String> {
+    ) -> Option<(Vec<Event>, bool)> {
         let before = match before {
             serde_json::Value::Null => u64::MAX,
             v => v.as_u64()?,
@@ -250,8 +360,19 @@ impl Engine {
             serde_json::Value::Null => DEFAULT_PAGE,
             v => v.as_u64().filter(|&n| n > 0)?.min(MAX_PAGE as u64) as usize,
         };
+        Some(room.with_log(|log| log.page(before, limit)))
+    }
+
+    /// [`Engine::page`] of the member's room as the history frame to send.
+    pub fn history(
+        &self,
+        member: &Member,
+        id: Option<&str>,
+        before: &serde_json::Value,
+        limit: &serde_json::Value,
+    ) -> Option<String> {
         let room = &member.membership.room;
-        let (events, has_more) = room.with_log(|log| log.page(before, limit));
+        let (events, has_more) = self.page(room, before, limit)?;
         let messages = events
             .iter()
             .map(|e| message_frame(&room.name, e.seq, e.ts, &e.kind))
@@ -266,32 +387,23 @@ impl Engine {
         )
     }
 
-    /// One message from `member`: checked, sanitised, stored and delivered to the others.
-    /// A message that carries an `id` this user already used in this room within
-    /// `history.dedup_window_s` is not stored or delivered again: the original's seq and text
-    /// come back, from any of the user's connections. `Ok(None)`: the message waits for the
-    /// durable store; its ack (or `unavailable` error) is queued to the member's outbox once
-    /// it is committed, in order, and the caller goes on reading meanwhile.
+    /// One message from `member`: [`Engine::submit`], its ack queued to the member's outbox
+    /// when the message carries an `id`. `Ok(None)`: the message waits for the durable
+    /// store; its ack (or `unavailable` error) is queued once it is committed, in order, and
+    /// the caller goes on reading meanwhile.
     pub fn post(
         &self,
         member: &Member,
         text: &str,
         id: Option<&str>,
     ) -> Result<Option<Posted>, Rejection> {
-        if text.len() > self.max_message_bytes {
-            return Err(Rejection::TooLong);
-        }
-        let clean = self.sanitizer.clean(text).ok_or(Rejection::Empty)?;
-        let room = &member.membership.room;
-        let from = member.identity.user.as_str();
-        let started = Instant::now();
-        let now = now_ms();
-        let kind = EventKind::Message {
-            from: from.to_string(),
-            text: clean,
-            id: id.map(str::to_string),
+        let author = Author {
+            room: &member.membership.room,
+            conn: member.membership.id,
+            name: &member.identity.user,
+            role: member.role,
+            via_api: false,
         };
-        let resend = id.map(|id| (from, id, now.saturating_sub(self.dedup_window_ms)));
         let reply = || -> Reply {
             let (outbox, metrics) = (member.outbox.clone(), self.metrics.clone());
             let id = id.map(str::to_string);
@@ -317,9 +429,47 @@ impl Engine {
                 }
             })
         };
+        match self.submit(author, text, id, reply)? {
+            Submitted::New(posted) | Submitted::Again(posted) => Ok(Some(posted)),
+            Submitted::Queued => Ok(None),
+        }
+    }
+
+    /// One message, from a session or the API alike: role -> kicked or muted -> length ->
+    /// sanitise -> stored and delivered to the others. A message that carries an `id` its
+    /// author already used in this room within `history.dedup_window_s` is not stored or
+    /// delivered again: the original comes back. With a durable store the message is
+    /// queued and `reply()` is told the outcome once it is committed.
+    pub fn submit(
+        &self,
+        author: Author<'_>,
+        text: &str,
+        id: Option<&str>,
+        reply: impl FnOnce() -> Reply,
+    ) -> Result<Submitted, Rejection> {
+        let room = author.room;
+        let from = author.name;
+        if !author.role.may_post() {
+            return Err(Rejection::Forbidden);
+        }
+        let sanctions = &self.rooms.sanctions;
+        if sanctions.remaining(&room.name, from, Kind::Ban).is_some() && !author.via_api {
+            return Err(Rejection::Forbidden);
+        }
+        if let Some(ms) = sanctions.remaining(&room.name, from, Kind::Mute) {
+            return Err(Rejection::Muted(ms));
+        }
+        if text.len() > self.max_message_bytes {
+            return Err(Rejection::TooLong);
+        }
+        let clean = self.sanitizer.clean(text).ok_or(Rejection::Empty)?;
+        let started = Instant::now();
+        let now = now_ms();
+        let kind = EventKind::message(from, clean, id, author.via_api);
+        let resend = id.map(|id| (from, id, now.saturating_sub(self.dedup_window_ms)));
         let published = room
             .publish(
-                member.membership.id,
+                author.conn,
                 now,
                 &kind,
                 resend,
@@ -327,7 +477,7 @@ impl Engine {
                 reply,
             )
             .map_err(|_| Rejection::Unavailable)?;
-        match published {
+        Ok(match published {
             Published::New(fanout) => {
                 // Only here is the time all fan-out: a queued one also waits for the disk.
                 self.metrics
@@ -335,14 +485,113 @@ impl Engine {
                     .observe(started.elapsed().as_secs_f64());
                 count_fanout(&self.metrics, &fanout);
                 let EventKind::Message { text, .. } = kind;
-                Ok(Some(Posted {
+                Submitted::New(Posted {
                     seq: fanout.seq,
                     text,
-                }))
+                })
             }
-            Published::Again(original) => Ok(Some(original.into())),
-            Published::Queued => Ok(None),
+            Published::Again(original) => Submitted::Again(original.into()),
+            Published::Queued => Submitted::Queued,
+        })
+    }
+
+    /// A moderation request in `room`: checked (the moderator's role, the request, the
+    /// target present and not a moderator, the seq one the room had), then carried out on
+    /// every node and written to the audit log; `done` gets the frame that announces it,
+    /// with `id`, or the refusal. A deletion is made durable before anyone is told.
+    pub fn moderate(
+        &self,
+        room: &Arc<Room>,
+        by: Moderator<'_>,
+        action: Action,
+        id: Option<&str>,
+        done: ModDone,
+    ) {
+        if let Err(refusal) = self.check_moderation(room, &by, &action) {
+            return done(Err(refusal));
         }
+        let now = now_ms();
+        let until_ms = match &action {
+            Action::Kick { .. } => now.saturating_add(self.kick_ban_ms),
+            Action::Mute { seconds, .. } => now.saturating_add(seconds.saturating_mul(1000)),
+            Action::Delete { .. } => 0,
+        };
+        let sanction = Sanctioned {
+            action,
+            by: by.name.to_string(),
+            ts: now,
+            until_ms,
+        };
+        let frame = moderation_frame(&sanction.action, by.name, now, id);
+        let origin = by.conn;
+        let via = by.via;
+        let (writer, shared) = room.stores();
+        let rooms = self.rooms.clone();
+        let name = room.name.clone();
+        // Told once the action is durable where it must be: applied here (a shared store
+        // applies it on every node itself), audited, and the moderator answered.
+        let finish = move |applied: Result<Sanctioned, StoreError>, apply_here: bool| {
+            let s = match applied {
+                Ok(s) => s,
+                Err(_) => return done(Err(ModRefusal::Unavailable)),
+            };
+            if apply_here && !rooms.apply(&name, &s, origin) {
+                return done(Err(ModRefusal::Unavailable));
+            }
+            audit(&name, &s.by, via, &s.action);
+            done(Ok(frame))
+        };
+        if let Some(shared) = shared {
+            let copy = sanction.clone();
+            return shared.moderate(
+                room.name.clone(),
+                sanction,
+                origin.unwrap_or(0),
+                Box::new(move |r| finish(r.map(|()| copy), false)),
+            );
+        }
+        match (&sanction.action, writer) {
+            (Action::Delete { seq }, Some(writer)) => {
+                let seq = *seq;
+                writer.erase(
+                    room.name.clone(),
+                    seq,
+                    Box::new(move |r| finish(r.map(|()| sanction), true)),
+                );
+            }
+            _ => finish(Ok(sanction), true),
+        }
+    }
+
+    fn check_moderation(
+        &self,
+        room: &Room,
+        by: &Moderator<'_>,
+        action: &Action,
+    ) -> Result<(), ModRefusal> {
+        if !by.role.may_moderate() {
+            return Err(ModRefusal::Forbidden(
+                "only a moderator of this room may do that",
+            ));
+        }
+        action.check(self.max_mute_s).map_err(ModRefusal::Bad)?;
+        if let Some(user) = action.target() {
+            let (present, moderator) = room.standing(user);
+            if !present {
+                return Err(ModRefusal::NotPresent);
+            }
+            if moderator || user == by.name {
+                return Err(ModRefusal::Forbidden(
+                    "a moderator cannot be kicked or muted",
+                ));
+            }
+        }
+        if let Action::Delete { seq } = action {
+            if *seq > room.top() {
+                return Err(ModRefusal::NotFound);
+            }
+        }
+        Ok(())
     }
 }
 

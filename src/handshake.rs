@@ -19,6 +19,7 @@ use crate::auth::{self, Identity};
 use crate::engine::Resume;
 use crate::headers;
 use crate::limits::CapSlot;
+use crate::moderation::Kind;
 use crate::origin;
 use crate::protocol::SUBPROTOCOL;
 use crate::room::{JoinError, Reservation};
@@ -37,6 +38,8 @@ pub enum Refusal {
     Token(auth::Refusal),
     /// Room missing or not in the token: one answer for both.
     Room,
+    /// Kicked from this room by a moderator, and the ban has not ended.
+    Banned,
     RoomFull,
     /// The user already holds `server.max_connections_per_user` connections.
     UserCap,
@@ -50,7 +53,7 @@ impl Refusal {
             Refusal::Rate(_) | Refusal::UserCap => StatusCode::TOO_MANY_REQUESTS,
             Refusal::NotUpgrade | Refusal::Version => StatusCode::UPGRADE_REQUIRED,
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
-            Refusal::Origin(_) | Refusal::Room => StatusCode::FORBIDDEN,
+            Refusal::Origin(_) | Refusal::Room | Refusal::Banned => StatusCode::FORBIDDEN,
             Refusal::Token(_) => StatusCode::UNAUTHORIZED,
             Refusal::RoomFull | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -66,6 +69,7 @@ impl Refusal {
             Refusal::Origin(r) => r.as_str(),
             Refusal::Token(r) => r.as_str(),
             Refusal::Room => "room not available",
+            Refusal::Banned => "kicked from this room; try again later",
             Refusal::RoomFull => "room full",
             Refusal::UserCap => "too many connections for this user",
             Refusal::Unavailable => "storage unavailable, try again shortly",
@@ -80,6 +84,7 @@ impl Refusal {
             Refusal::Origin(_) => "origin",
             Refusal::Token(_) => "token",
             Refusal::Room => "room",
+            Refusal::Banned => "banned",
             Refusal::RoomFull | Refusal::UserCap => "cap",
             Refusal::Unavailable => "unavailable",
         }
@@ -149,6 +154,14 @@ pub fn gate<B>(
         JoinError::Unavailable => Refusal::Room,
         JoinError::Full => Refusal::RoomFull,
     })?;
+    // After the reservation: opening the room loads its bans from a shared store.
+    let sanctions = &shared.engine.rooms.sanctions;
+    if sanctions
+        .remaining(room, &identity.user, Kind::Ban)
+        .is_some()
+    {
+        return Err(Refusal::Banned);
+    }
 
     let subprotocol = headers::list_items(h, &SEC_WEBSOCKET_PROTOCOL).any(|p| p == SUBPROTOCOL);
 
@@ -199,7 +212,15 @@ pub fn check<B>(
         .limits
         .check_handshake(peer.ip())
         .map_err(Refusal::Rate)?;
-    identify(shared, req, room).map(|_| ())
+    let identity = identify(shared, req, room)?;
+    let sanctions = &shared.engine.rooms.sanctions;
+    if sanctions
+        .remaining(room, &identity.user, Kind::Ban)
+        .is_some()
+    {
+        return Err(Refusal::Banned);
+    }
+    Ok(())
 }
 
 /// `since` and `epoch` from the upgrade's query. `since` must be a whole number of digits that

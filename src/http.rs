@@ -5,7 +5,7 @@
 //! page (HTML, CSS and JS compiled into the binary, no inline script, so the page carries a
 //! strict Content-Security-Policy); `POST /check/{room}` tells that page whether its upgrade
 //! would be admitted, since a browser cannot read a refused upgrade's status; `/healthz`
-//! answers 200. Anything else is 404. [`route`] is the whole table. Every answer
+//! answers 200; `/api/...` goes to the HTTP API (api.rs). Anything else is 404. [`route`] is the whole table. Every answer
 //! but a 101 closes the connection, so only an upgrade keeps a socket. The query string is
 //! never logged: it may carry a token.
 
@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
 
+use crate::api;
 use crate::handshake::{self, Refusal};
 use crate::limits::ConnGuard;
 use crate::protocol::{valid_room_name, SUBPROTOCOL};
@@ -42,6 +43,9 @@ pub async fn handle(
     guard: Arc<ConnGuard>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if api::is_api(req.uri().path()) {
+        return Ok(with_security_headers(api::handle(shared, peer, req).await));
+    }
     let resp = match route(req.uri().path()) {
         Route::Room(room) => {
             let room = room.to_string();

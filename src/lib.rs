@@ -8,6 +8,7 @@
 //! types live in `protocol`, settings in `config`. [`run`] starts a server so tests and the
 //! binary share it.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
@@ -16,9 +17,11 @@ pub mod headers;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod moderation;
 pub mod origin;
 pub mod protocol;
 pub mod redis_store;
+pub mod roles;
 pub mod room;
 pub mod sanitize;
 pub mod server;
@@ -58,6 +61,8 @@ pub struct Shared {
     pub config: Config,
     pub origins: origin::OriginPolicy,
     pub auth: auth::Authenticator,
+    /// API keys (hashes) and their rates.
+    pub api: api::ApiKeys,
     pub limits: limits::Limits,
     /// Rooms, the message pipeline and the store: what sessions (and later the API) call.
     pub engine: engine::Engine,
@@ -189,6 +194,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         origins: origin::OriginPolicy::new(&config.origins.allowed, config.origins.allow_missing),
         auth,
+        api: api::ApiKeys::new(&config.api),
         limits: limits::Limits::new(&config.limits),
         engine: engine::Engine::new(&config, rooms, metrics.clone()),
         user_slots: limits::CapCounter::new(config.server.max_connections_per_user),

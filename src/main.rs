@@ -53,6 +53,17 @@ enum Command {
     ///
     /// Example: printf '%s' "$TOKEN" | wss-chat hash-token
     HashToken,
+    /// Make a random API key and print it with the config lines for it.
+    ///
+    /// Example: wss-chat gen-api-key --name orders --scopes publish,read
+    GenApiKey {
+        /// The key's name: shown as the sender of what it posts, and in logs.
+        #[arg(long)]
+        name: String,
+        /// publish, read and/or moderate.
+        #[arg(long, value_delimiter = ',', default_value = "publish")]
+        scopes: Vec<String>,
+    },
     /// Mint a signed token with the secret the config names.
     ///
     /// Example: wss-chat token --user alice --rooms lobby,ops --ttl 1h
@@ -64,10 +75,27 @@ enum Command {
         /// Comma-separated rooms the token may join; all rooms when omitted.
         #[arg(long, value_delimiter = ',')]
         rooms: Option<Vec<String>>,
+        /// Roles by room, e.g. lobby=moderator,news=reader; member where not named.
+        #[arg(long, value_delimiter = ',', value_parser = parse_role)]
+        roles: Option<Vec<(String, wss_chat::roles::Role)>>,
         /// Lifetime: a number with s, m, h or d.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: u64,
     },
+}
+
+fn parse_role(s: &str) -> Result<(String, wss_chat::roles::Role), String> {
+    let (room, role) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ROOM=ROLE, e.g. lobby=moderator"))?;
+    if !wss_chat::protocol::valid_room_name(room) {
+        return Err(format!(
+            "{room:?} is not a room name (1 to 64 of A-Z a-z 0-9 _ . -)"
+        ));
+    }
+    let role = serde_json::from_value(serde_json::Value::String(role.into()))
+        .map_err(|_| format!("{role:?}: a role is reader, member or moderator"))?;
+    Ok((room.to_string(), role))
 }
 
 fn parse_ttl(s: &str) -> Result<u64, String> {
@@ -128,12 +156,14 @@ fn main() -> ExitCode {
             }
         },
         Command::HashToken => hash_token(),
+        Command::GenApiKey { name, scopes } => gen_api_key(&name, &scopes),
         Command::Token {
             config,
             user,
             rooms,
+            roles,
             ttl,
-        } => mint(&config, user, rooms, ttl),
+        } => mint(&config, user, rooms, roles, ttl),
     }
 }
 
@@ -216,7 +246,13 @@ async fn shutdown_signal() {
     }
 }
 
-fn mint(path: &Path, user: String, rooms: Option<Vec<String>>, ttl: u64) -> ExitCode {
+fn mint(
+    path: &Path,
+    user: String,
+    rooms: Option<Vec<String>>,
+    roles: Option<Vec<(String, wss_chat::roles::Role)>>,
+    ttl: u64,
+) -> ExitCode {
     // The same rules the server applies, so a minted token is never one it would refuse.
     if !wss_chat::protocol::valid_user_name(&user) {
         eprintln!(
@@ -257,8 +293,48 @@ fn mint(path: &Path, user: String, rooms: Option<Vec<String>>, ttl: u64) -> Exit
         exp: jsonwebtoken::get_current_timestamp() + ttl,
         nbf: None,
         rooms,
+        roles: roles.map(|r| r.into_iter().collect()),
     };
     println!("{}", wss_chat::auth::mint(&secret, &claims));
+    ExitCode::SUCCESS
+}
+
+/// 32 random bytes as 64 hex digits, prefixed so a leaked key is recognisable in a scan.
+fn gen_api_key(name: &str, scopes: &[String]) -> ExitCode {
+    if !wss_chat::protocol::valid_user_name(name) {
+        eprintln!("error: --name {name:?}: 1 to 64 characters without control characters");
+        return ExitCode::from(2);
+    }
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| !["publish", "read", "moderate"].contains(&s.as_str()))
+    {
+        eprintln!("error: --scopes: {bad:?} is not publish, read or moderate");
+        return ExitCode::from(2);
+    }
+    let mut bytes = [0u8; 32];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        eprintln!("error: no randomness available");
+        return ExitCode::FAILURE;
+    }
+    let key = format!(
+        "wsc_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let scopes = scopes
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("# The key: give it to the back end (Authorization: Bearer KEY); it is not stored.");
+    println!("# {key}");
+    println!("[[api.keys]]");
+    println!("name = {name:?}");
+    println!(
+        "key_sha256 = \"{}\"",
+        wss_chat::auth::sha256_hex(key.as_bytes())
+    );
+    println!("scopes = [{scopes}]");
     ExitCode::SUCCESS
 }
 

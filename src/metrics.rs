@@ -30,6 +30,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Refused handshakes by reason: origin, token, room, rate, cap, request, timeout.
     refused: Family<Reason, Counter>,
+    /// Refused API requests by error code (unauthorized, forbidden, rate_limited, ...).
+    api_refused: Family<Reason, Counter>,
     pub messages_received: Counter,
     pub messages_delivered: Counter,
     /// Messages not delivered, by reason: bad_request, too_long, empty, rate_limited,
@@ -78,6 +80,7 @@ impl Metrics {
             registry: Registry::default(),
             connections_open: Gauge::default(),
             refused: Family::default(),
+            api_refused: Family::default(),
             messages_received: Counter::default(),
             messages_delivered: Counter::default(),
             dropped: Family::default(),
@@ -106,6 +109,11 @@ impl Metrics {
             "handshakes_refused",
             "Refused handshakes by reason",
             m.refused.clone(),
+        );
+        registry.register(
+            "api_refused",
+            "Refused API requests by error code",
+            m.api_refused.clone(),
         );
         registry.register(
             "messages_received",
@@ -202,6 +210,10 @@ impl Metrics {
 
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn api_refused(&self, code: &'static str) {
+        self.api_refused.get_or_create(&[("code", code)]).inc();
     }
 
     pub fn dropped(&self, reason: &'static str) {

@@ -34,13 +34,36 @@ pub enum ClientFrame {
         #[serde(default)]
         limit: serde_json::Value,
     },
+    /// Moderators: close every connection of `user` in this room (4003) and keep them out
+    /// for `moderation.kick_ban_s`.
+    Kick {
+        user: String,
+        #[serde(default)]
+        reason: Option<String>,
+        id: Option<String>,
+    },
+    /// Moderators: refuse `user`'s messages in this room for `seconds`.
+    Mute {
+        user: String,
+        seconds: u64,
+        id: Option<String>,
+    },
+    /// Moderators: make message `seq` a tombstone.
+    Delete {
+        seq: u64,
+        id: Option<String>,
+    },
 }
 
 impl ClientFrame {
     /// The client's id for this frame, echoed in its answer.
     pub fn id(&self) -> Option<&str> {
         match self {
-            ClientFrame::Message { id, .. } | ClientFrame::History { id, .. } => id.as_deref(),
+            ClientFrame::Message { id, .. }
+            | ClientFrame::History { id, .. }
+            | ClientFrame::Kick { id, .. }
+            | ClientFrame::Mute { id, .. }
+            | ClientFrame::Delete { id, .. } => id.as_deref(),
         }
     }
 }
@@ -73,6 +96,8 @@ pub enum ServerFrame<'a> {
         /// More users are present than `presence.max_listed`.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         members_truncated: bool,
+        /// What this connection may do here: reader, member or moderator.
+        role: &'a str,
     },
     /// The room's history was lost by the shared store (a new epoch): drop the view; what
     /// follows starts again at seq 1.
@@ -87,6 +112,30 @@ pub enum ServerFrame<'a> {
         text: &'a str,
         seq: u64,
         ts: u64,
+        /// "api" for a message a back end posted through the HTTP API; absent for a person's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<&'a str>,
+        /// A moderator deleted it: a tombstone, `text` empty.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+    },
+    /// Message `seq` was deleted by moderator `by`: show it as deleted.
+    Deleted { seq: u64, by: &'a str },
+    /// A moderator acted in the room. To the moderator who acted, with the request's `id`.
+    Moderation {
+        action: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        by: &'a str,
+        ts: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     },
     /// A page of stored messages, oldest first, each a message frame; `has_more` when older
     /// ones are retained.
@@ -134,6 +183,15 @@ pub enum ErrorCode {
     RateLimited,
     /// The message could not be stored; it reached nobody.
     Unavailable,
+    /// The connection's role does not allow this frame (a reader posting, a member
+    /// moderating), or its target is a moderator.
+    Forbidden,
+    /// A moderator muted this user here; `retry_after_ms` says until when.
+    Muted,
+    /// The user to act on is not in the room.
+    NotPresent,
+    /// The room never had a message with that seq.
+    NotFound,
 }
 
 impl ErrorCode {
@@ -145,6 +203,10 @@ impl ErrorCode {
             ErrorCode::Empty => "empty",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Muted => "muted",
+            ErrorCode::NotPresent => "not_present",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }
@@ -166,6 +228,8 @@ pub mod close {
     pub const TOO_BIG: CloseCode = CloseCode::Size;
     /// Outbound queue overflowed (slow consumer).
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode::Again;
+    /// Kicked by a moderator (private use range, RFC 6455 section 7.4.2; mirrors HTTP 403).
+    pub const KICKED: CloseCode = CloseCode::Library(4003);
 }
 
 /// Longest token a client may present, in bytes (a signed token with many rooms is long).

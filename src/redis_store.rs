@@ -16,6 +16,7 @@
 //! a worker of the sockets' runtime; the password is read from a file or the environment,
 //! kept in the client, and never logged.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -29,14 +30,15 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::engine::encode_event;
 use crate::metrics::Metrics;
-use crate::room::{Received, Rooms};
+use crate::moderation::{Action, Kind};
+use crate::room::{Received, Rooms, Sanctioned};
 use crate::store::{
-    new_epoch, Event, EventKind, MemoryLog, RoomLog, Shared, SharedReply, Store, StoreError,
+    new_epoch, Done, Event, EventKind, MemoryLog, RoomLog, Shared, SharedReply, Store, StoreError,
 };
 
 /// Stores a message, or answers a resend with the original's seq; publishes a new one.
 /// KEYS: meta, stream, id key. ARGV: a fresh epoch, ts, from, text, id, maxlen, dedup_s,
-/// ttl_s, channel, room, node, conn.
+/// ttl_s, channel, room, node, conn, via ('api' or '').
 const POST: &str = r#"
 if ARGV[5] ~= '' then
   local seen = redis.call('GET', KEYS[3])
@@ -48,13 +50,13 @@ redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], seq .. '-0',
-  'ts', ARGV[2], 'from', ARGV[3], 'text', ARGV[4], 'id', ARGV[5], 'by', ARGV[11] .. '|' .. ARGV[12])
+  'ts', ARGV[2], 'from', ARGV[3], 'text', ARGV[4], 'id', ARGV[5], 'by', ARGV[11] .. '|' .. ARGV[12], 'via', ARGV[13])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], seq, 'EX', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 redis.call('PUBLISH', ARGV[9], cjson.encode({room = ARGV[10], epoch = epoch, seq = seq,
   ts = tonumber(ARGV[2]), from = ARGV[3], text = ARGV[4], id = ARGV[5],
-  node = ARGV[11], conn = ARGV[12]}))
+  node = ARGV[11], conn = ARGV[12], via = ARGV[13]}))
 return {seq, 0}
 "#;
 
@@ -108,6 +110,34 @@ end
 return gone
 "#;
 
+/// Stores a moderation action and publishes it (ARGV[5], built by the node). A kick's ban or
+/// a mute: `FIELD` = until ms in the room's sanctions hash (a later deadline stays). A
+/// deletion: the entry leaves the stream (its text gone) and its tombstone (ts, from, id,
+/// via) goes to the room's tombstones hash, so reads still find every seq; a seq past the
+/// room's top is refused (0). KEYS: meta, stream, sanctions, tombstones. ARGV: field (or ''),
+/// until ms, seq, ttl s, payload, channel.
+const MODERATE: &str = r#"
+if ARGV[1] ~= '' then
+  local held = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+  if tonumber(ARGV[2]) > held then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+else
+  local seq = tonumber(ARGV[3])
+  if seq > tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') then return 0 end
+  local found = redis.call('XRANGE', KEYS[2], seq .. '-0', seq .. '-0')
+  if #found == 1 then
+    local f, t = found[1][2], {}
+    for i = 1, #f, 2 do t[f[i]] = f[i + 1] end
+    redis.call('HSET', KEYS[4], seq, cjson.encode({ts = t.ts, from = t.from, id = t.id,
+      via = t.via, by = t.by}))
+    redis.call('XDEL', KEYS[2], seq .. '-0')
+    redis.call('EXPIRE', KEYS[4], ARGV[4])
+  end
+end
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+return 1
+"#;
+
 /// A stream entry as XRANGE returns it: `SEQ-0` and the flat field list.
 type Entry = (String, Vec<String>);
 
@@ -136,6 +166,12 @@ enum Job {
         ts: u64,
         kind: EventKind,
         reply: SharedReply,
+    },
+    Moderate {
+        room: Arc<str>,
+        sanction: Sanctioned,
+        conn: u64,
+        reply: Done,
     },
 }
 
@@ -191,6 +227,7 @@ impl std::fmt::Debug for Job {
             Job::Open { room, .. } | Job::Present { room, .. } => write!(f, "Open({room})"),
             Job::Arrive { room, .. } | Job::Depart { room, .. } => write!(f, "Presence({room})"),
             Job::Post { room, .. } => write!(f, "Post({room})"),
+            Job::Moderate { room, .. } => write!(f, "Moderate({room})"),
         }
     }
 }
@@ -329,6 +366,18 @@ impl Shared for Poster {
 
     fn depart(&self, room: Arc<str>, user: Arc<str>, conn: u64) {
         let _ = self.jobs.send(Job::Depart { room, user, conn });
+    }
+
+    fn moderate(&self, room: Arc<str>, sanction: Sanctioned, conn: u64, reply: Done) {
+        let job = Job::Moderate {
+            room,
+            sanction,
+            conn,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(Job::Moderate { reply, .. })) = self.jobs.send(job) {
+            reply(Err(StoreError("the Redis thread has stopped".into())));
+        }
     }
 
     fn present(&self, room: &str) -> Result<Vec<String>, StoreError> {
@@ -507,6 +556,25 @@ async fn serve(
                 let result = open_room(&ctx, manager.clone(), &open, &room).await;
                 let _ = reply.send(result);
             }
+            Job::Moderate {
+                room,
+                sanction,
+                conn,
+                reply,
+            } => {
+                // Sent in order on the one connection, like posts: a deletion reaches the
+                // stream after the message it deletes.
+                let (ctx, mut con) = (ctx.clone(), manager.clone());
+                tokio::spawn(async move {
+                    let result = moderate(&ctx, &mut con, &room, &sanction, conn).await;
+                    ctx.set_healthy(result.is_ok());
+                    reply(result.map_err(|e| {
+                        ctx.metrics.redis_script_errors.inc();
+                        warn!(error = %e, "Redis refused a moderation action");
+                        StoreError(e.to_string())
+                    }))
+                });
+            }
             Job::Post {
                 room,
                 conn,
@@ -520,7 +588,13 @@ async fn serve(
                 // behind later ones.)
                 let (ctx, mut con) = (ctx.clone(), manager.clone());
                 tokio::spawn(async move {
-                    let EventKind::Message { from, text, id } = &kind;
+                    let EventKind::Message {
+                        from,
+                        text,
+                        id,
+                        via_api,
+                        ..
+                    } = &kind;
                     let id_key =
                         ctx.key(&room, &format!("id:{from}:{}", id.as_deref().unwrap_or("")));
                     let Ok(fresh) = new_epoch() else {
@@ -545,6 +619,7 @@ async fn serve(
                         .arg(&*room)
                         .arg(&ctx.node)
                         .arg(conn)
+                        .arg(if *via_api { "api" } else { "" })
                         .query_async(&mut con)
                         .await;
                     let took = started.elapsed().as_secs_f64();
@@ -589,6 +664,192 @@ async fn serve(
     }
 }
 
+/// The sanctions-hash field of a kick's ban or a mute of `user`.
+fn sanction_field(kind: Kind, user: &str) -> String {
+    match kind {
+        Kind::Ban => format!("ban:{user}"),
+        Kind::Mute => format!("mute:{user}"),
+    }
+}
+
+/// A moderation action as it is published: everything a node needs to apply it.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct ModEvent {
+    action: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    seconds: u64,
+    #[serde(default)]
+    seq: u64,
+    by: String,
+    until: u64,
+}
+
+impl ModEvent {
+    fn of(s: &Sanctioned) -> ModEvent {
+        let mut e = ModEvent {
+            action: s.action.name().into(),
+            by: s.by.clone(),
+            until: s.until_ms,
+            ..ModEvent::default()
+        };
+        match &s.action {
+            Action::Kick { user, reason } => (e.user, e.reason) = (user.clone(), reason.clone()),
+            Action::Mute { user, seconds } => (e.user, e.seconds) = (user.clone(), *seconds),
+            Action::Delete { seq } => e.seq = *seq,
+        }
+        e
+    }
+
+    fn sanctioned(self, ts: u64) -> Option<Sanctioned> {
+        let action = match self.action.as_str() {
+            "kick" => Action::Kick {
+                user: self.user,
+                reason: self.reason,
+            },
+            "mute" => Action::Mute {
+                user: self.user,
+                seconds: self.seconds,
+            },
+            "delete" => Action::Delete { seq: self.seq },
+            _ => return None,
+        };
+        Some(Sanctioned {
+            action,
+            by: self.by,
+            ts,
+            until_ms: self.until,
+        })
+    }
+}
+
+async fn moderate(
+    ctx: &Ctx,
+    con: &mut ConnectionManager,
+    room: &Arc<str>,
+    s: &Sanctioned,
+    conn: u64,
+) -> redis::RedisResult<()> {
+    let field = match &s.action {
+        Action::Kick { user, .. } => sanction_field(Kind::Ban, user),
+        Action::Mute { user, .. } => sanction_field(Kind::Mute, user),
+        Action::Delete { .. } => String::new(),
+    };
+    let seq = match s.action {
+        Action::Delete { seq } => seq,
+        _ => 0,
+    };
+    let mut payload = serde_json::json!({
+        "kind": "mod", "room": &**room, "ts": s.ts, "node": &ctx.node, "conn": conn.to_string(),
+    });
+    if let (Some(p), Ok(serde_json::Value::Object(m))) = (
+        payload.as_object_mut(),
+        serde_json::to_value(ModEvent::of(s)),
+    ) {
+        p.insert("mod".into(), serde_json::Value::Object(m));
+    }
+    // The sanction must outlive its deadline even in a quiet room.
+    let left_s = s.until_ms.saturating_sub(crate::store::now_ms()) / 1000 + 1;
+    let stored: u8 = redis::cmd("EVAL")
+        .arg(MODERATE)
+        .arg(4)
+        .arg(ctx.key(room, "meta"))
+        .arg(ctx.key(room, "stream"))
+        .arg(ctx.key(room, "sanctions"))
+        .arg(ctx.key(room, "tombstones"))
+        .arg(field)
+        .arg(s.until_ms)
+        .arg(seq)
+        .arg(ctx.ttl_s().max(left_s))
+        .arg(payload.to_string())
+        .arg(&ctx.channel)
+        .query_async(con)
+        .await?;
+    if stored == 0 {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "seq past the room's top",
+        )));
+    }
+    Ok(())
+}
+
+/// Put the room's bans and mutes still in force on this node.
+async fn load_sanctions(
+    ctx: &Ctx,
+    con: &mut ConnectionManager,
+    room: &str,
+) -> redis::RedisResult<()> {
+    let held: HashMap<String, u64> = con.hgetall(ctx.key(room, "sanctions")).await?;
+    if let Some(rooms) = ctx.rooms.get().and_then(Weak::upgrade) {
+        for (field, until) in held {
+            let (kind, user) = match field.split_once(':') {
+                Some(("ban", u)) => (Kind::Ban, u),
+                Some(("mute", u)) => (Kind::Mute, u),
+                _ => continue,
+            };
+            rooms.sanctions.impose(room, user, kind, until);
+        }
+    }
+    Ok(())
+}
+
+/// Tombstones of deleted messages with seq in `from..=to`, as events.
+async fn tombstones(
+    ctx: &Ctx,
+    con: &mut ConnectionManager,
+    room: &Arc<str>,
+    from: u64,
+    to: u64,
+) -> redis::RedisResult<Vec<(Event, Option<u64>)>> {
+    #[derive(serde::Deserialize)]
+    struct Stone {
+        #[serde(default)]
+        ts: String,
+        #[serde(default)]
+        from: String,
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        via: String,
+        #[serde(default)]
+        by: String,
+    }
+    let all: HashMap<u64, String> = con.hgetall(ctx.key(room, "tombstones")).await?;
+    let mut out: Vec<(Event, Option<u64>)> = all
+        .into_iter()
+        .filter(|(seq, _)| (from..=to).contains(seq))
+        .filter_map(|(seq, json)| {
+            let s: Stone = serde_json::from_str(&json).ok()?;
+            let event = Event {
+                room: room.clone(),
+                seq,
+                ts: s.ts.parse().unwrap_or(0),
+                kind: EventKind::Message {
+                    from: s.from,
+                    text: String::new(),
+                    id: (!s.id.is_empty()).then_some(s.id),
+                    via_api: s.via == "api",
+                    deleted: true,
+                },
+            };
+            Some((event, origin_of(ctx, &s.by)))
+        })
+        .collect();
+    out.sort_by_key(|(e, _)| e.seq);
+    Ok(out)
+}
+
+/// This node's connection that sent an entry (`NODE|CONN`), if it was this node.
+fn origin_of(ctx: &Ctx, by: &str) -> Option<u64> {
+    by.split_once('|')
+        .filter(|(node, _)| *node == ctx.node)
+        .and_then(|(_, conn)| conn.parse().ok())
+}
+
 async fn open_room(
     ctx: &Ctx,
     mut con: ConnectionManager,
@@ -607,11 +868,22 @@ async fn open_room(
         .map_err(|e| StoreError(format!("Redis: {e}")))?;
     let top: u64 = top.parse().unwrap_or(0);
     let mut log = MemoryLog::new(room, epoch, top, ctx.max_messages, ctx.max_age_ms);
+    let failed = |e: redis::RedisError| StoreError(format!("Redis: {e}"));
+    load_sanctions(ctx, &mut con, room).await.map_err(failed)?;
     let room: Arc<str> = room.into();
-    for entry in newest.into_iter().rev() {
-        if let Some((event, _)) = parse_entry(&room, entry) {
-            log.load(event);
-        }
+    let first = top.saturating_sub(ctx.max_messages as u64) + 1;
+    let mut events: Vec<Event> = newest
+        .into_iter()
+        .filter_map(|entry| parse_entry(&room, entry).map(|(e, _)| e))
+        .collect();
+    let stones = tombstones(ctx, &mut con, &room, first, top)
+        .await
+        .map_err(failed)?;
+    events.extend(stones.into_iter().map(|(e, _)| e));
+    events.sort_by_key(|e| e.seq);
+    let keep = events.len().saturating_sub(ctx.max_messages);
+    for event in events.into_iter().skip(keep) {
+        log.load(event);
     }
     Ok(log)
 }
@@ -646,17 +918,22 @@ async fn fetch(
             format!("{to}-0"),
         )
         .await?;
-    Ok(entries
+    let mut events: Vec<(Event, Option<u64>)> = entries
         .into_iter()
         .filter_map(|e| parse_entry(room, e))
         .map(|(event, by)| {
-            let origin = by
-                .split_once('|')
-                .filter(|(node, _)| *node == ctx.node)
-                .and_then(|(_, conn)| conn.parse().ok());
+            let origin = origin_of(ctx, &by);
             (event, origin)
         })
-        .collect())
+        .collect();
+    // Deleted messages left the stream; their tombstones keep the seqs whole.
+    let stones = tombstones(ctx, con, room, from, to).await?;
+    if !stones.is_empty() {
+        events.extend(stones);
+        events.sort_by_key(|(e, _)| e.seq);
+        events.dedup_by_key(|(e, _)| e.seq);
+    }
+    Ok(events)
 }
 
 /// A stream entry as an event, and `NODE|CONN` of its sender.
@@ -664,6 +941,7 @@ fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<(Event, String)> 
     let seq = id.strip_suffix("-0")?.parse().ok()?;
     let mut ts = 0;
     let (mut from, mut text, mut cid, mut by) = (String::new(), String::new(), None, String::new());
+    let mut via_api = false;
     for pair in fields.chunks(2) {
         let [k, v] = pair else { continue };
         match k.as_str() {
@@ -672,6 +950,7 @@ fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<(Event, String)> 
             "text" => text = v.clone(),
             "id" if !v.is_empty() => cid = Some(v.clone()),
             "by" => by = v.clone(),
+            "via" => via_api = v == "api",
             _ => {}
         }
     }
@@ -683,6 +962,8 @@ fn parse_entry(room: &Arc<str>, (id, fields): Entry) -> Option<(Event, String)> 
             from,
             text,
             id: cid,
+            via_api,
+            deleted: false,
         },
     };
     Some((event, by))
@@ -724,6 +1005,11 @@ struct Published {
     text: String,
     #[serde(default)]
     id: String,
+    #[serde(default)]
+    via: String,
+    /// A moderation action (kind "mod").
+    #[serde(default, rename = "mod")]
+    moderation: Option<ModEvent>,
     node: String,
     conn: String,
 }
@@ -775,6 +1061,9 @@ async fn subscribe(
                         continue;
                     }
                 }
+                if let Err(e) = load_sanctions(&ctx, &mut con, &name).await {
+                    warn!(error = %e, "Redis: cannot read a room's bans and mutes");
+                }
                 let (_, users) = ctx.presence_keys(&name);
                 if let Ok(present) = con.hkeys::<_, Vec<String>>(users).await {
                     room.set_present(present);
@@ -803,7 +1092,17 @@ async fn subscribe(
     }
 }
 
-async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
+async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, mut p: Published) {
+    if let Some(m) = p.moderation.take() {
+        // Applied even where the room is not open: a ban or a mute holds on every node.
+        let origin = (p.node == ctx.node).then(|| p.conn.parse().ok()).flatten();
+        if let (Some(rooms), Some(s)) =
+            (ctx.rooms.get().and_then(Weak::upgrade), m.sanctioned(p.ts))
+        {
+            rooms.apply(&p.room, &s, origin);
+        }
+        return;
+    }
     let Some(room) = ctx
         .rooms
         .get()
@@ -837,6 +1136,8 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, p: Published) {
             from: p.from,
             text: p.text,
             id: (!p.id.is_empty()).then_some(p.id),
+            via_api: p.via == "api",
+            deleted: false,
         },
     };
     let (resynced, mut received) = room.receive(&event, Some(&p.epoch), origin, encode_event);

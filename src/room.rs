@@ -12,6 +12,7 @@
 //! user's first connection to a room sends `join` to the others, the last one to go `leave`. A place in a room is first reserved by the gate (so a
 //! full room is refused before the upgrade) and then taken by the engine's join.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
-use crate::protocol::ServerFrame;
+use crate::moderation::{Action, Kind, Sanctions};
+use crate::protocol::{close, ServerFrame};
+use crate::roles::Role;
 use crate::store::{now_ms, Event, EventKind, RoomLog, Shared, Store, StoreError, Write, Writer};
 
 /// What a connection's writer is asked to send.
@@ -30,7 +33,7 @@ pub enum Outgoing {
     /// Send a Close frame with this code and reason, then stop.
     Close(
         tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode,
-        &'static str,
+        Cow<'static, str>,
     ),
 }
 
@@ -84,9 +87,13 @@ impl Outbox {
     pub fn close(
         &self,
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode,
-        reason: &'static str,
+        reason: impl Into<Cow<'static, str>>,
     ) {
-        if self.tx.try_send(Outgoing::Close(code, reason)).is_err() {
+        if self
+            .tx
+            .try_send(Outgoing::Close(code, reason.into()))
+            .is_err()
+        {
             // Queue full: the connection is being closed as a slow consumer anyway.
             self.overflowed.store(true, Ordering::Relaxed);
             self.wake.notify_one();
@@ -112,15 +119,25 @@ pub fn next_conn_id() -> ConnId {
     NEXT_CONN.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A connection in a room: where its frames go, whose it is, and what it may do.
+#[derive(Debug)]
+struct Seat {
+    outbox: Arc<Outbox>,
+    user: Arc<str>,
+    role: Role,
+}
+
 #[derive(Debug)]
 struct RoomState {
-    members: HashMap<ConnId, Arc<Outbox>>,
+    members: HashMap<ConnId, Seat>,
     /// Users present, sorted, with their number of connections here. With a shared store:
     /// the users present on any node (kept by the store's join and leave events; the count
     /// then only says whether one is also here).
     users: BTreeMap<String, usize>,
     /// Places promised by the gate and not yet taken; they count toward `max_members`.
     reserved: usize,
+    /// API requests using the room now: they keep it open but take no place in it.
+    visitors: usize,
     /// The room's log: what is committed. Appended to only under this lock, so it orders
     /// delivery.
     log: Box<dyn RoomLog>,
@@ -174,6 +191,7 @@ impl RoomState {
             members: HashMap::new(),
             users: BTreeMap::new(),
             reserved: 0,
+            visitors: 0,
             epoch: log.epoch().into(),
             log,
             pending: std::collections::VecDeque::new(),
@@ -220,9 +238,9 @@ impl RoomState {
             queued: 0,
             overflowed: 0,
         };
-        for (id, outbox) in &self.members {
+        for (id, seat) in &self.members {
             if *id != from {
-                if outbox.push(msg.clone()) {
+                if seat.outbox.push(msg.clone()) {
                     out.queued += 1;
                 } else {
                     out.overflowed += 1;
@@ -446,6 +464,76 @@ impl Room {
         st.deliver(origin.unwrap_or(0), frame, 0);
     }
 
+    /// The durable writer and the shared store behind this room's log, if any.
+    pub fn stores(&self) -> (Option<Writer>, Option<Arc<dyn Shared>>) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.writer.clone(), st.shared.clone())
+    }
+
+    /// The room's epoch as this node has it.
+    pub fn epoch(&self) -> Arc<str> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .epoch
+            .clone()
+    }
+
+    /// The users present, sorted, each once.
+    pub fn present(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.users.keys().cloned().collect()
+    }
+
+    /// Whether `user` is present, and whether a connection of theirs here is a moderator's.
+    pub fn standing(&self, user: &str) -> (bool, bool) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let moderator = st
+            .members
+            .values()
+            .any(|s| &*s.user == user && s.role.may_moderate());
+        (st.users.contains_key(user), moderator)
+    }
+
+    /// Carry out a moderation `action` of `by` here (its checks passed, and a deletion is
+    /// already durable), announcing it to every member but `origin` (the moderator's own
+    /// connection, answered by the engine): a kicked user's connections here close with 4003
+    /// and the reason and are sent nothing more; a deleted message becomes a tombstone in the
+    /// log and members get `deleted` first.
+    pub fn apply(&self, action: &Action, by: &str, ts: u64, origin: Option<ConnId>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let from = origin.unwrap_or(0);
+        if let Action::Kick { user, reason } = action {
+            let reason = if reason.is_empty() {
+                Cow::Borrowed("kicked by a moderator")
+            } else {
+                Cow::Owned(reason.clone())
+            };
+            let kicked: Vec<ConnId> = st
+                .members
+                .iter()
+                .filter(|(_, s)| &*s.user == user)
+                .map(|(id, s)| {
+                    s.outbox.close(close::KICKED, reason.clone());
+                    *id
+                })
+                .collect();
+            // Closing, they are sent nothing more: out of the fan-out now. Their users count
+            // stays until each session ends, which sends the leave as any close does.
+            for id in kicked {
+                st.members.remove(&id);
+            }
+            st.deliver(from, moderation_frame(action, by, ts, None), 0);
+            return;
+        }
+        if let Action::Delete { seq } = action {
+            st.log.erase(*seq);
+            let deleted = ServerFrame::Deleted { seq: *seq, by };
+            st.deliver(from, Message::text(deleted.to_json()), 0);
+        }
+        st.deliver(from, moderation_frame(action, by, ts, None), 0);
+    }
+
     /// The room's top seq as this node has it.
     pub fn top(&self) -> u64 {
         self.state
@@ -471,8 +559,42 @@ impl Room {
 
     fn in_use(&self) -> bool {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        !st.members.is_empty() || st.reserved > 0
+        !st.members.is_empty()
+            || st.reserved > 0
+            || st.visitors > 0
+            || st.users.values().any(|&n| n > 0)
     }
+}
+
+/// A moderation action as every node carries it out: what, by whom, when, and until when a
+/// kick's ban or a mute holds (Unix milliseconds; 0 for a deletion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sanctioned {
+    pub action: Action,
+    pub by: String,
+    pub ts: u64,
+    pub until_ms: u64,
+}
+
+/// The frame announcing a moderation action; with the request's `id` for the moderator who
+/// asked.
+pub fn moderation_frame(action: &Action, by: &str, ts: u64, id: Option<&str>) -> Message {
+    let (user, seq, seconds, reason) = match action {
+        Action::Kick { user, reason } => (Some(user.as_str()), None, None, Some(reason.as_str())),
+        Action::Mute { user, seconds } => (Some(user.as_str()), None, Some(*seconds), None),
+        Action::Delete { seq } => (None, Some(*seq), None, None),
+    };
+    let frame = ServerFrame::Moderation {
+        action: action.name(),
+        user,
+        seq,
+        seconds,
+        reason: reason.filter(|r| !r.is_empty()),
+        by,
+        ts,
+        id,
+    };
+    Message::text(frame.to_json())
 }
 
 /// What [`Room::receive`] did with an event.
@@ -507,6 +629,8 @@ pub struct Rooms {
     store: Arc<dyn Store>,
     /// Send join and leave frames.
     presence: bool,
+    /// Bans and mutes in force, kept here rather than in a room so they outlive it.
+    pub sanctions: Sanctions,
 }
 
 impl Rooms {
@@ -537,6 +661,7 @@ impl Rooms {
             max_members: cfg.max_members,
             store,
             presence,
+            sanctions: Sanctions::default(),
         }))
     }
 
@@ -549,6 +674,17 @@ impl Rooms {
     /// Promise a place in a room, creating it if allowed; the engine's join takes it, and
     /// dropping the reservation gives it back.
     pub fn reserve(self: &Arc<Self>, name: &str) -> Result<Reservation, JoinError> {
+        self.take(name, true)
+    }
+
+    /// Use a room without a place in it (an API request): it exists, or is created as a join
+    /// would create it, until the returned [`Reservation`] is dropped. `max_members` does
+    /// not apply: a back end posting into a full room takes no member's place.
+    pub fn visit(self: &Arc<Self>, name: &str) -> Result<Reservation, JoinError> {
+        self.take(name, false)
+    }
+
+    fn take(self: &Arc<Self>, name: &str, place: bool) -> Result<Reservation, JoinError> {
         let mut opened: Option<Arc<Room>> = None;
         loop {
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
@@ -568,16 +704,20 @@ impl Rooms {
                 _ => return Err(JoinError::Unavailable),
             };
             let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.members.len() + st.reserved >= self.max_members {
+            if !place {
+                st.visitors += 1;
+            } else if st.members.len() + st.reserved >= self.max_members {
                 drop(st);
                 self.drop_if_unused(&mut rooms, &room);
                 return Err(JoinError::Full);
+            } else {
+                st.reserved += 1;
             }
-            st.reserved += 1;
             drop(st);
             return Ok(Reservation {
                 rooms: self.clone(),
                 room: Some(room),
+                place,
             });
         }
     }
@@ -600,14 +740,17 @@ impl Rooms {
     /// (`user` included): what it queues (the welcome, the backlog) comes before any live
     /// message, and no message is both in it and live. If this is the user's first
     /// connection here, the others are sent a `join`.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &self,
         mut reservation: Reservation,
         id: ConnId,
         user: &str,
+        role: Role,
         outbox: Arc<Outbox>,
         first: impl FnOnce(&dyn RoomLog, &BTreeMap<String, usize>, &Outbox),
     ) -> Membership {
+        assert!(reservation.place, "a visit takes no place");
         let room = reservation
             .room
             .take()
@@ -629,7 +772,12 @@ impl Rooms {
                 None => {}
             }
             st.reserved -= 1;
-            st.members.insert(id, outbox);
+            let seat = Seat {
+                outbox,
+                user: user.into(),
+                role,
+            };
+            st.members.insert(id, seat);
         }
         Membership {
             rooms: reservation.rooms.clone(),
@@ -647,6 +795,24 @@ impl Rooms {
 
     pub fn count(&self) -> usize {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Carry out a moderation action in `room` on this node: a kick's ban or a mute is put in
+    /// force (even if the room is not open here), and the room, if open, applies it (see
+    /// [`Room::apply`]). `false` when the sanctions table is full.
+    pub fn apply(&self, room: &str, s: &Sanctioned, origin: Option<ConnId>) -> bool {
+        let imposed = match &s.action {
+            Action::Kick { user, .. } => self.sanctions.impose(room, user, Kind::Ban, s.until_ms),
+            Action::Mute { user, .. } => self.sanctions.impose(room, user, Kind::Mute, s.until_ms),
+            Action::Delete { .. } => true,
+        };
+        if !imposed {
+            return false;
+        }
+        if let Some(r) = self.get(room) {
+            r.apply(&s.action, &s.by, s.ts, origin);
+        }
+        true
     }
 
     /// Whether the store answers (see [`Store::ready`]).
@@ -679,6 +845,8 @@ impl Rooms {
 pub struct Reservation {
     rooms: Arc<Rooms>,
     room: Option<Arc<Room>>,
+    /// A member's place (from `reserve`), or a visit (from `visit`).
+    place: bool,
 }
 
 impl Reservation {
@@ -692,10 +860,13 @@ impl Drop for Reservation {
         let Some(room) = self.room.take() else { return };
         // Registry lock before room lock, the same order as `reserve`.
         let mut rooms = self.rooms.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        room.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reserved -= 1;
+        let mut st = room.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.place {
+            st.reserved -= 1;
+        } else {
+            st.visitors -= 1;
+        }
+        drop(st);
         self.rooms.drop_if_unused(&mut rooms, &room);
     }
 }
@@ -780,15 +951,18 @@ mod tests {
         id: ConnId,
         outbox: Arc<Outbox>,
     ) -> Result<Membership, JoinError> {
-        Ok(rooms.join(rooms.reserve(name)?, id, "alice", outbox, |_, _, _| {}))
+        Ok(rooms.join(
+            rooms.reserve(name)?,
+            id,
+            "alice",
+            Role::Member,
+            outbox,
+            |_, _, _| {},
+        ))
     }
 
     fn say(m: &Membership, text: &str) -> Fanout {
-        let kind = EventKind::Message {
-            from: "alice".into(),
-            text: text.into(),
-            id: None,
-        };
+        let kind = EventKind::message("alice", text.into(), None, false);
         match m
             .room
             .publish(

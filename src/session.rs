@@ -15,6 +15,7 @@
 //! it had not read yet, our Close included. A peer that never stops sending is cut at the
 //! deadline, never before.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -31,9 +32,10 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use crate::engine::Member;
+use crate::engine::{Member, Moderator};
 use crate::handshake::Admitted;
 use crate::limits::Verdict;
+use crate::moderation::Action;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
 use crate::room::{Outbox, Outgoing};
 use crate::Shared;
@@ -49,7 +51,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone)]
 struct Ending {
     code: CloseCode,
-    reason: &'static str,
+    reason: Cow<'static, str>,
 }
 
 /// The closing handshake's one deadline, started by whichever side decides to close first.
@@ -69,7 +71,7 @@ impl Closing {
             debug!(
                 "closing with {} ({})",
                 u16::from(ending.code),
-                ending.reason
+                &ending.reason
             );
             self.began.notify_one();
             (ending, tokio::time::Instant::now() + self.grace)
@@ -172,7 +174,7 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
                 // The peer closed, or the reader asked for a Close: the writer sends what is
                 // queued, then the Close, within the deadline. After the peer's Close it only
                 // flushes tungstenite's reply.
-                let deadline = closing.begin(Ending { code: CloseCode::Normal, reason: "client closed" });
+                let deadline = closing.begin(Ending { code: CloseCode::Normal, reason: "client closed".into() });
                 outbox.close(CloseCode::Normal, "client closed");
                 let sent = tokio::time::timeout_at(deadline, &mut writer).await;
                 (sent == Ok(false), matches!(read, ReadEnd::OutOfStep))
@@ -181,7 +183,7 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     };
     let ending = closing.ending().unwrap_or(Ending {
         code: CloseCode::Abnormal,
-        reason: "connection lost",
+        reason: "connection lost".into(),
     });
     drop(member);
     if let Ok(ws) = sink.reunite(stream) {
@@ -196,7 +198,7 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
         user = %user,
         room = %room.name,
         code = u16::from(ending.code),
-        reason = ending.reason,
+        reason = ending.reason.as_ref(),
         duration_ms = started.elapsed().as_millis() as u64,
         "connection closed"
     );
@@ -233,9 +235,9 @@ async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
         member, closing, ..
     } = conn;
     let outbox = &member.outbox;
-    let close_with = |code: CloseCode, reason: &'static str| {
+    let close_with = |code: CloseCode, reason: Cow<'static, str>| {
+        outbox.close(code, reason.clone());
         closing.begin(Ending { code, reason });
-        outbox.close(code, reason);
     };
     match serve_frames(stream, conn).await {
         Served::PeerClosed => return ReadEnd::Done,
@@ -317,7 +319,12 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
         }
     };
     tokio::pin!(token_expired);
-    let close = |code, reason| Served::Close(Ending { code, reason });
+    let close = |code, reason: &'static str| {
+        Served::Close(Ending {
+            code,
+            reason: reason.into(),
+        })
+    };
     loop {
         if closing.deadline().is_some() {
             return Served::WriterClosing;
@@ -420,6 +427,55 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             }
             continue;
         }
+        if id.is_some_and(|i| i.chars().count() > MAX_ID_CHARS) {
+            reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
+            continue;
+        }
+        let action = match &parsed {
+            Ok(ClientFrame::Kick { user, reason, .. }) => Some(Action::Kick {
+                user: user.clone(),
+                reason: reason.clone().unwrap_or_default(),
+            }),
+            Ok(ClientFrame::Mute { user, seconds, .. }) => Some(Action::Mute {
+                user: user.clone(),
+                seconds: *seconds,
+            }),
+            Ok(ClientFrame::Delete { seq, .. }) => Some(Action::Delete { seq: *seq }),
+            _ => None,
+        };
+        if let Some(action) = action {
+            let by = Moderator {
+                name: user,
+                conn: Some(member.membership.id),
+                role: member.role,
+                via: "socket",
+            };
+            let (out, metrics) = (outbox.clone(), shared.metrics.clone());
+            let reply_id = id.map(str::to_string);
+            let room = member.membership.room.clone();
+            shared.engine.moderate(
+                &room,
+                by,
+                action,
+                id,
+                Box::new(move |done| match done {
+                    Ok(frame) => {
+                        out.push(frame);
+                    }
+                    Err(refusal) => {
+                        metrics.dropped(refusal.code().as_str());
+                        let frame = ServerFrame::Error {
+                            code: refusal.code(),
+                            message: refusal.message(),
+                            id: reply_id.as_deref(),
+                            retry_after_ms: None,
+                        };
+                        out.push(Message::text(frame.to_json()));
+                    }
+                }),
+            );
+            continue;
+        }
         let Ok(ClientFrame::Message { text: body, id: _ }) = &parsed else {
             reply_error(
                 ErrorCode::BadRequest,
@@ -428,10 +484,6 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             );
             continue;
         };
-        if id.is_some_and(|i| i.chars().count() > MAX_ID_CHARS) {
-            reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
-            continue;
-        }
         match shared.engine.post(member, body, id) {
             Ok(Some(posted)) => {
                 if let Some(id) = id {
@@ -445,7 +497,11 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             }
             // Waiting for the store: the ack or error is queued when it is committed.
             Ok(None) => {}
-            Err(rejection) => reply_error(rejection.code(), rejection.message(), None),
+            Err(rejection) => reply_error(
+                rejection.code(),
+                rejection.message(),
+                rejection.retry_after_ms().map(Duration::from_millis),
+            ),
         }
     }
 }
@@ -466,7 +522,7 @@ fn charge(
         Verdict::Limited(wait) => Ok(Some(wait)),
         Verdict::Disconnect => Err(Ending {
             code: close::POLICY,
-            reason: "rate limit exceeded repeatedly",
+            reason: "rate limit exceeded repeatedly".into(),
         }),
     }
 }
@@ -484,7 +540,10 @@ fn error_ending(e: &tungstenite::Error) -> Option<Ending> {
         }
         _ => (close::PROTOCOL, "protocol error"),
     };
-    Some(Ending { code, reason })
+    Some(Ending {
+        code,
+        reason: reason.into(),
+    })
 }
 
 /// Write what is queued, in batches with one flush each, until closing begins or the socket
@@ -513,9 +572,9 @@ async fn write_loop(
             }
         };
         tokio::select! {
-            _ = overflow => Ending { code: close::TRY_AGAIN_LATER, reason: "slow consumer" },
+            _ = overflow => Ending { code: close::TRY_AGAIN_LATER, reason: "slow consumer".into() },
             _ = shutdown.wait_for(|stop| *stop) => {
-                Ending { code: close::GOING_AWAY, reason: "server shutting down" }
+                Ending { code: close::GOING_AWAY, reason: "server shutting down".into() }
             }
         }
     };
@@ -568,7 +627,7 @@ async fn write_loop(
     if let Some(ending) = closing.ending() {
         let frame = CloseFrame {
             code: ending.code,
-            reason: ending.reason.into(),
+            reason: ending.reason.as_ref().into(),
         };
         let _ = sink.send(Message::Close(Some(frame))).await;
     }

@@ -36,7 +36,11 @@ use crate::store::{
 /// Marks a file as ours (`PRAGMA application_id`): "wssc".
 const APPLICATION_ID: i64 = 0x7773_7363;
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added `events.flags`; a version 1 file is upgraded in place when opened.
+const SCHEMA_VERSION: i64 = 2;
+/// `events.flags`: posted through the HTTP API; deleted by a moderator (a tombstone).
+const FLAG_API: i64 = 1;
+const FLAG_DELETED: i64 = 2;
 /// Writes committed in one transaction at most.
 const MAX_BATCH: usize = 512;
 /// How often retention runs, and how many rows one pass may delete.
@@ -49,6 +53,12 @@ pub(crate) enum Job {
     Open {
         room: String,
         reply: mpsc::SyncSender<Result<MemoryLog, StoreError>>,
+    },
+    /// Make event `seq` of `room` a tombstone on disk (its text gone).
+    Erase {
+        room: Arc<str>,
+        seq: u64,
+        done: Done,
     },
 }
 
@@ -227,12 +237,13 @@ fn check_ours(conn: &Connection) -> Result<(), String> {
             "has schema version {version}, newer than this server's ({SCHEMA_VERSION}): run a newer server"
         ));
     }
-    if version < SCHEMA_VERSION {
+    if version < 1 {
         return Err(format!("has unknown schema version {version}"));
     }
+    let flags = if version >= 2 { ", flags" } else { "" };
     conn.query_row(
-        "SELECT (SELECT count(*) FROM (SELECT name, epoch, top FROM rooms LIMIT 0)) + \
-         (SELECT count(*) FROM (SELECT room, seq, ts, sender, text, cid FROM events LIMIT 0))",
+        &format!("SELECT (SELECT count(*) FROM (SELECT name, epoch, top FROM rooms LIMIT 0)) + \
+         (SELECT count(*) FROM (SELECT room, seq, ts, sender, text, cid{flags} FROM events LIMIT 0))"),
         [],
         |r| r.get::<_, i64>(0),
     )
@@ -261,9 +272,16 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
                  sender TEXT NOT NULL,
                  text   TEXT NOT NULL,
                  cid    TEXT,
+                 flags  INTEGER NOT NULL DEFAULT 0,
                  PRIMARY KEY (room, seq)
              ) WITHOUT ROWID;
              CREATE INDEX events_by_age ON events (ts);"
+        ))?;
+    } else if version == 1 {
+        // Adding a column with a default rewrites nothing: existing rows read as flags 0.
+        conn.execute_batch(&format!(
+            "ALTER TABLE events ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
+             PRAGMA user_version = {SCHEMA_VERSION};"
         ))?;
     }
     conn.execute_batch("COMMIT")
@@ -317,6 +335,10 @@ impl WriterThread {
                 Job::Open { room, reply } => {
                     self.commit(std::mem::take(&mut writes));
                     let _ = reply.send(self.load(&room));
+                }
+                Job::Erase { room, seq, done } => {
+                    self.commit(std::mem::take(&mut writes));
+                    done(self.erase(&room, seq));
                 }
             }
         }
@@ -400,12 +422,19 @@ impl WriterThread {
                 accepted.push(false);
                 continue;
             }
-            let EventKind::Message { from, text, id } = &w.kind;
+            let EventKind::Message {
+                from,
+                text,
+                id,
+                via_api,
+                deleted,
+            } = &w.kind;
+            let flags = i64::from(*via_api) * FLAG_API + i64::from(*deleted) * FLAG_DELETED;
             self.conn
                 .prepare_cached(
-                    "INSERT INTO events (room, seq, ts, sender, text, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO events (room, seq, ts, sender, text, cid, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![&*w.room, w.seq as i64, w.ts as i64, from, text, id])?;
+                .execute(params![&*w.room, w.seq as i64, w.ts as i64, from, text, id, flags])?;
             staged.insert(w.room.clone(), (w.seq, w.epoch.clone()));
             accepted.push(true);
         }
@@ -422,6 +451,20 @@ impl WriterThread {
             self.tops.insert(room, top);
         }
         Ok(())
+    }
+
+    /// Blank a deleted message's text on disk; its row stays so seqs stay whole.
+    fn erase(&mut self, room: &str, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE events SET text = '', flags = flags | ?3 WHERE room = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| s.execute(params![room, seq as i64, FLAG_DELETED]))
+            .map(|_| ())
+            .map_err(|e| {
+                error!(path = %self.path.display(), error = %e, "history store delete failed");
+                StoreError(e.to_string())
+            })
     }
 
     /// A room's epoch, top and retained window, as committed so far.
@@ -456,7 +499,7 @@ impl WriterThread {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, ts, sender, text, cid FROM events \
+                "SELECT seq, ts, sender, text, cid, flags FROM events \
                  WHERE room = ?1 AND seq > ?2 AND ts >= ?3 ORDER BY seq",
             )
             .map_err(failed)?;
@@ -466,10 +509,15 @@ impl WriterThread {
                     room: room_arc.clone(),
                     seq: row.get::<_, i64>(0)? as u64,
                     ts: row.get::<_, i64>(1)? as u64,
-                    kind: EventKind::Message {
-                        from: row.get(2)?,
-                        text: row.get(3)?,
-                        id: row.get(4)?,
+                    kind: {
+                        let flags: i64 = row.get(5)?;
+                        EventKind::Message {
+                            from: row.get(2)?,
+                            text: row.get(3)?,
+                            id: row.get(4)?,
+                            via_api: flags & FLAG_API != 0,
+                            deleted: flags & FLAG_DELETED != 0,
+                        }
                     },
                 })
             })
@@ -537,11 +585,7 @@ mod tests {
             epoch: "e1".into(),
             seq,
             ts: now_ms(),
-            kind: EventKind::Message {
-                from: "alice".into(),
-                text: text.into(),
-                id: Some(text.into()),
-            },
+            kind: EventKind::message("alice", text.into(), Some(text), false),
         }
     }
 

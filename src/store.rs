@@ -22,7 +22,32 @@ pub enum EventKind {
         text: String,
         /// The id the sender gave it, for idempotent resends.
         id: Option<String>,
+        /// Posted by a back end through the HTTP API (shown with `"via":"api"`).
+        via_api: bool,
+        /// Deleted by a moderator: a tombstone, its text gone, its seq kept so a resume
+        /// stays exact.
+        deleted: bool,
     },
+}
+
+impl EventKind {
+    /// A person's message as a session posts it.
+    pub fn message(from: &str, text: String, id: Option<&str>, via_api: bool) -> EventKind {
+        EventKind::Message {
+            from: from.to_string(),
+            text,
+            id: id.map(str::to_string),
+            via_api,
+            deleted: false,
+        }
+    }
+
+    /// Make this event a tombstone.
+    pub fn erase(&mut self) {
+        let EventKind::Message { text, deleted, .. } = self;
+        *text = String::new();
+        *deleted = true;
+    }
 }
 
 /// One stored event of a room.
@@ -64,6 +89,9 @@ pub trait RoomLog: Send + std::fmt::Debug {
     /// The newest `limit` retained events with `seq < before`, oldest first, and whether
     /// older ones are retained.
     fn page(&self, before: u64, limit: usize) -> (Vec<Event>, bool);
+    /// A moderator deleted event `seq`: keep it as a tombstone (a store that already made it
+    /// one on disk calls this for the window). Nothing happens to a seq not retained.
+    fn erase(&mut self, seq: u64);
 }
 
 /// Opens the log of a room by name.
@@ -107,6 +135,11 @@ pub trait Shared: Send + Sync + std::fmt::Debug {
     /// The users present in `room` on every node, for a room this node opens. Blocks for one
     /// round trip.
     fn present(&self, room: &str) -> Result<Vec<String>, StoreError>;
+    /// Store a moderation action (a sanction with its deadline, or a deletion) and publish
+    /// it to every node, each of which applies it ([`crate::room::Rooms::apply`]); `conn` is
+    /// the moderator's connection on this node (0 for none). `reply` is told once it is
+    /// stored. Never blocks.
+    fn moderate(&self, room: Arc<str>, sanction: crate::room::Sanctioned, conn: u64, reply: Done);
 }
 
 /// Told once whether an event handed to a [`Writer`] was committed.
@@ -139,6 +172,17 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
+    /// Make event `seq` of `room` a tombstone on disk, after every write queued before;
+    /// `done` is called once, from the writer's thread (or here if it has stopped). Never
+    /// blocks.
+    pub fn erase(&self, room: Arc<str>, seq: u64, done: Done) {
+        if let Err(std::sync::mpsc::SendError(crate::sqlite::Job::Erase { done, .. })) =
+            self.tx.send(crate::sqlite::Job::Erase { room, seq, done })
+        {
+            done(Err(StoreError("the store's writer has stopped".into())));
+        }
+    }
+
     /// Queue `write`; `done` is called from the writer's thread once it is committed or
     /// refused. Never blocks.
     pub fn write(&self, write: Write, done: Done) -> Result<(), StoreError> {
@@ -303,6 +347,18 @@ impl RoomLog for MemoryLog {
         self.live().next().map(|e| e.seq)
     }
 
+    fn erase(&mut self, seq: u64) {
+        let Some(first) = self.events.front().map(|e| e.seq) else {
+            return;
+        };
+        let at = seq.checked_sub(first).and_then(|i| usize::try_from(i).ok());
+        if let Some(e) = at.and_then(|i| self.events.get_mut(i)) {
+            if e.seq == seq {
+                e.kind.erase();
+            }
+        }
+    }
+
     fn range(&self, after: u64, limit: usize) -> Vec<Event> {
         self.live()
             .filter(|e| e.seq > after)
@@ -317,11 +373,7 @@ mod tests {
     use super::*;
 
     fn msg(t: &str) -> EventKind {
-        EventKind::Message {
-            from: "alice".into(),
-            text: t.into(),
-            id: Some(t.into()),
-        }
+        EventKind::message("alice", t.into(), Some(t), false)
     }
 
     #[test]
@@ -354,6 +406,14 @@ mod tests {
         assert_eq!(log.find("alice", "c", 8), None, "older than the window");
         assert_eq!(log.find("bob", "c", 0), None);
         assert_eq!(log.find("alice", "a", 0), None);
+        // A deleted message stays in place, its text gone, its id still known.
+        log.erase(3);
+        log.erase(1);
+        let c = log.find("alice", "c", 0).unwrap();
+        assert!(
+            matches!(&c.kind, EventKind::Message { text, deleted: true, .. } if text.is_empty())
+        );
+        assert_eq!(log.range(0, 10).len(), 2);
         let other = MemoryStore { retain: 2 }.open("lobby").unwrap();
         assert_ne!(
             other.epoch(),

@@ -217,6 +217,7 @@ impl Target {
                         exp: now + 86_400,
                         nbf: None,
                         rooms: None,
+                        roles: None,
                     },
                 )
             }

@@ -101,6 +101,8 @@ pub fn client_frame(data: &[u8]) {
         text: &clean,
         seq: u64::MAX,
         ts: 0,
+        via: None,
+        deleted: false,
     }
     .to_json();
     let back: serde_json::Value = serde_json::from_str(&json).expect("server frame is JSON");
@@ -249,6 +251,7 @@ pub fn token(data: &[u8]) {
         name: "alice".into(),
         token_sha256: auth::sha256_hex(STATIC_TOKEN.as_bytes()),
         rooms: None,
+        roles: None,
     }];
     let authn = Authenticator::new(&users, Some(SECRET)).expect("valid users");
 
@@ -290,6 +293,7 @@ pub fn token(data: &[u8]) {
             exp: u64::from(u32::MAX),
             nbf: None,
             rooms: None,
+            roles: None,
         },
     );
     let admitted = authn.verify(&minted);
@@ -306,6 +310,7 @@ pub fn token(data: &[u8]) {
             exp: u64::from(u32::MAX),
             nbf: None,
             rooms: None,
+            roles: None,
         },
     );
     assert!(authn.verify(&forged).is_err());

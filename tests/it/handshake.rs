@@ -310,6 +310,7 @@ async fn more_token_attacks_get_401_and_a_token_for_another_room_403() {
             exp: now + 7200,
             nbf: Some(now + 3600),
             rooms: None,
+            roles: None,
         },
     );
     let valid = mint_jwt("erin", 3600, None, JWT_SECRET);

@@ -1,5 +1,6 @@
 //! End-to-end tests: each starts the real binary and talks to it over real TLS sockets.
 
+mod api;
 mod browser;
 mod chat;
 /// The fuzz targets' properties (fuzz/src/lib.rs), compiled here for the corpus replay.

@@ -270,7 +270,7 @@ fn a_store_that_cannot_be_used_stops_the_server_and_is_left_untouched() {
             let c = rusqlite::Connection::open(d.join("wss-chat.db")).unwrap();
             // Ours ("wssc"), from a later server.
             c.execute_batch(&format!(
-                "PRAGMA application_id = {}; PRAGMA user_version = 2;
+                "PRAGMA application_id = {}; PRAGMA user_version = 3;
                  CREATE TABLE rooms (name TEXT PRIMARY KEY, epoch TEXT, top INTEGER, owner TEXT);",
                 0x7773_7363
             ))

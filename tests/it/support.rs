@@ -106,6 +106,7 @@ pub fn test_config() -> Config {
             name: name.to_string(),
             token_sha256: wss_chat::auth::sha256_hex(tok.as_bytes()),
             rooms: (*name == "dave").then(|| vec!["other".to_string()]),
+            roles: None,
         })
         .collect();
     c.rooms.names = vec!["lobby".into(), "other".into(), "secret".into()];
@@ -442,6 +443,7 @@ pub fn mint_jwt(sub: &str, exp_offset: i64, rooms: Option<Vec<&str>>, secret: &s
             exp: (now + exp_offset) as u64,
             nbf: None,
             rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
+            roles: None,
         },
     )
 }
