@@ -15,6 +15,7 @@ mod fuzz_corpus;
 mod handshake;
 mod history;
 mod limits;
+mod moderation;
 mod operator;
 mod presence;
 mod resilience;
