@@ -577,7 +577,7 @@ impl Engine {
         action.check(self.max_mute_s).map_err(ModRefusal::Bad)?;
         if let Some(user) = action.target() {
             let (present, moderator) = room.standing(user);
-            if !present {
+            if !present && self.rooms.knows_everyone(room) {
                 return Err(ModRefusal::NotPresent);
             }
             if moderator || user == by.name {

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -186,6 +186,9 @@ struct Ctx {
     dedup_s: u64,
     presence_ttl_ms: u64,
     rooms: Arc<OnceLock<Weak<Rooms>>>,
+    /// Sanctions read for the rooms opened before the rooms were attached (the listed ones,
+    /// at start), handed over by `attach`.
+    early: Arc<Mutex<Vec<Early>>>,
     metrics: Arc<Metrics>,
     /// Redis answered the last health check (a PING every second, bounded by
     /// `redis.command_timeout_ms`) and the last command.
@@ -214,10 +217,14 @@ impl Ctx {
     }
 }
 
+/// A ban or mute read before the rooms existed: room, user, kind, until ms.
+type Early = (String, String, Kind, u64);
+
 #[derive(Debug)]
 pub struct RedisStore {
     jobs: mpsc::UnboundedSender<Job>,
     rooms: Arc<OnceLock<Weak<Rooms>>>,
+    early: Arc<Mutex<Vec<Early>>>,
     healthy: Arc<AtomicBool>,
 }
 
@@ -288,12 +295,14 @@ impl RedisStore {
             dedup_s: config.history.dedup_window_s,
             presence_ttl_ms: config.presence.ttl_s.saturating_mul(1000),
             rooms: Arc::new(OnceLock::new()),
+            early: Arc::new(Mutex::new(Vec::new())),
             metrics,
             healthy: Arc::new(AtomicBool::new(true)),
         });
         info!(prefix = %ctx.prefix, node = %ctx.node, "connected to Redis");
         let (jobs, rx) = mpsc::unbounded_channel();
         let (rooms, healthy) = (ctx.rooms.clone(), ctx.healthy.clone());
+        let early = ctx.early.clone();
         let (ready, subscribed) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("redis".into())
@@ -305,6 +314,7 @@ impl RedisStore {
         Ok(RedisStore {
             jobs,
             rooms,
+            early,
             healthy,
         })
     }
@@ -333,6 +343,12 @@ impl Store for RedisStore {
     }
 
     fn attach(&self, rooms: Weak<Rooms>) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = rooms.upgrade() {
+            for (room, user, kind, until) in early.drain(..) {
+                r.sanctions.impose(&room, &user, kind, until);
+            }
+        }
         let _ = self.rooms.set(rooms);
     }
 
@@ -784,14 +800,19 @@ async fn load_sanctions(
     room: &str,
 ) -> redis::RedisResult<()> {
     let held: HashMap<String, u64> = con.hgetall(ctx.key(room, "sanctions")).await?;
-    if let Some(rooms) = ctx.rooms.get().and_then(Weak::upgrade) {
-        for (field, until) in held {
-            let (kind, user) = match field.split_once(':') {
-                Some(("ban", u)) => (Kind::Ban, u),
-                Some(("mute", u)) => (Kind::Mute, u),
-                _ => continue,
-            };
-            rooms.sanctions.impose(room, user, kind, until);
+    let mut early = ctx.early.lock().unwrap_or_else(|p| p.into_inner());
+    let rooms = ctx.rooms.get().and_then(Weak::upgrade);
+    for (field, until) in held {
+        let (kind, user) = match field.split_once(':') {
+            Some(("ban", u)) => (Kind::Ban, u),
+            Some(("mute", u)) => (Kind::Mute, u),
+            _ => continue,
+        };
+        match &rooms {
+            Some(r) => {
+                r.sanctions.impose(room, user, kind, until);
+            }
+            None => early.push((room.to_string(), user.to_string(), kind, until)),
         }
     }
     Ok(())

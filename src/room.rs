@@ -815,6 +815,13 @@ impl Rooms {
         true
     }
 
+    /// Whether this node knows every user present in `room`: always with a store of this
+    /// node only; with a shared one only when presence is on (users on other nodes are known
+    /// from their join and leave events).
+    pub fn knows_everyone(&self, room: &Room) -> bool {
+        self.presence || room.stores().1.is_none()
+    }
+
     /// Whether the store answers (see [`Store::ready`]).
     pub fn ready(&self) -> bool {
         self.store.ready()

@@ -536,3 +536,126 @@ async fn a_node_reaches_redis_over_tls_with_the_configured_ca() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
 }
+
+/// A node whose users have moderation's test roles (alice and carol moderate lobby).
+fn moderated_node(redis: &Redis) -> Server {
+    let (url, password_file) = (redis.url(), redis.password_file());
+    Server::start_with(move |c| {
+        crate::moderation::roles(c);
+        c.history.store = HistoryStore::Redis;
+        c.redis.url = Some(url);
+        c.redis.password_file = Some(password_file);
+    })
+}
+
+/// The next frame that is not a chat message.
+async fn next_other(ws: &mut Ws) -> Value {
+    loop {
+        let v = recv_json(ws).await;
+        if v["type"] != "message" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn mutes_bans_and_deletions_hold_on_every_node_and_on_one_started_later() {
+    let redis = Redis::start();
+    let (a, b) = (moderated_node(&redis), moderated_node(&redis));
+    let (mut alice, _) = join_q(&a, "alice", "").await;
+    // Presence is off in tests: a node cannot know who is on another, so a kick or mute of
+    // a user there is carried out, not refused as not present.
+    let (mut bob, _) = join_q(&b, "bob", "").await;
+    let (mut carol, _) = join_q(&b, "carol", "").await;
+    let mut bob_other = b.join("bob", "other").await;
+    for i in 1..=2 {
+        send_json(
+            &mut bob,
+            json!({"type":"message","text":format!("m{i}"),"id":format!("m{i}")}),
+        )
+        .await;
+        assert_eq!(next_other(&mut bob).await["seq"], i);
+    }
+    assert_eq!(messages(&mut alice, 2).await.len(), 2);
+    assert_eq!(messages(&mut carol, 2).await.len(), 2);
+    // A mute given on node A holds on node B.
+    send_json(
+        &mut alice,
+        json!({"type":"mute","user":"bob","seconds":30,"id":"m"}),
+    )
+    .await;
+    assert_eq!(next_other(&mut alice).await["action"], "mute");
+    assert_eq!(next_other(&mut carol).await["action"], "mute");
+    assert_eq!(next_other(&mut bob).await["action"], "mute");
+    send_json(
+        &mut bob,
+        json!({"type":"message","text":"hello?","id":"b3"}),
+    )
+    .await;
+    assert_eq!(next_other(&mut bob).await["code"], "muted");
+    // A deletion on A: members on B are told, and the text leaves Redis.
+    send_json(&mut alice, json!({"type":"delete","seq":1,"id":"d"})).await;
+    assert_eq!(next_other(&mut alice).await["action"], "delete");
+    assert_eq!(
+        next_other(&mut carol).await,
+        json!({"type":"deleted","seq":1,"by":"alice"})
+    );
+    assert_eq!(next_other(&mut carol).await["action"], "delete");
+    let mut con = redis.connection().unwrap();
+    let dump: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg("wss-chat:{lobby}:stream")
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(dump.len(), 1, "only seq 2 is still in the stream: {dump:?}");
+    let stones: Vec<String> = redis::cmd("HVALS")
+        .arg("wss-chat:{lobby}:tombstones")
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        stones.len() == 1 && !stones[0].contains("text"),
+        "{stones:?}"
+    );
+    // A node started now reads the tombstone and the mute from Redis.
+    let c = moderated_node(&redis);
+    let (mut dave, w) = c.enter("carol", "lobby").await;
+    assert_eq!(w["seq"], 2);
+    let first = recv_json(&mut dave).await;
+    assert_eq!(
+        (
+            first["seq"].as_u64(),
+            first["deleted"].as_bool(),
+            first["text"].as_str()
+        ),
+        (Some(1), Some(true), Some("")),
+        "{first}"
+    );
+    assert_eq!(recv_json(&mut dave).await["text"], "m2");
+    let (mut bob_c, _) = c.enter("bob", "lobby").await;
+    send_json(
+        &mut bob_c,
+        json!({"type":"message","text":"via c","id":"b4"}),
+    )
+    .await;
+    assert_eq!(next_other(&mut bob_c).await["code"], "muted");
+    // A kick on A closes bob's lobby connections on B and C, and keeps him out of both.
+    send_json(
+        &mut alice,
+        json!({"type":"kick","user":"bob","reason":"enough","id":"k"}),
+    )
+    .await;
+    assert_eq!(next_other(&mut alice).await["action"], "kick");
+    for ws in [&mut bob, &mut bob_c] {
+        assert_eq!(
+            expect_close(ws).await,
+            tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Library(4003)
+        );
+    }
+    assert_eq!(b.try_enter("bob", "lobby").await.err(), Some(403));
+    assert_eq!(c.try_enter("bob", "lobby").await.err(), Some(403));
+    // Their other room is untouched.
+    let (mut dave_other, _) = b.enter("dave", "other").await;
+    say(&mut dave_other, "other room").await;
+    assert_eq!(recv_json(&mut bob_other).await["text"], "other room");
+}

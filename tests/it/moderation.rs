@@ -10,7 +10,7 @@ use crate::api::{call, key, with_keys};
 use crate::support::*;
 
 /// alice and carol moderate lobby; bob only reads "secret".
-fn roles(c: &mut Config) {
+pub fn roles(c: &mut Config) {
     let role = |pairs: &[(&str, &str)]| {
         Some(
             pairs
