@@ -528,8 +528,9 @@ impl Room {
         }
         if let Action::Delete { seq } = action {
             st.log.erase(*seq);
+            // Every member, the moderator's own connection too: each view drops the text.
             let deleted = ServerFrame::Deleted { seq: *seq, by };
-            st.deliver(from, Message::text(deleted.to_json()), 0);
+            st.deliver(0, Message::text(deleted.to_json()), 0);
         }
         st.deliver(from, moderation_frame(action, by, ts, None), 0);
     }

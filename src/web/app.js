@@ -22,6 +22,7 @@ let unacked = new Map();
 const idPrefix = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('');
 let nextId = 1;
 let present = new Set(); // users in the room
+let role = 'member';     // ours in this room, from the welcome: reader, member or moderator
 
 function status(text, live) {
   $('status').textContent = text;
@@ -74,7 +75,41 @@ function add(kind, from, ts, html, seq) {
 function showMessage(m) {
   if (shown.has(m.seq)) return;
   if (m.seq > lastSeq) lastSeq = m.seq;
-  add(m.from === me ? 'mine' : '', m.from, m.ts, m.text, m.seq);
+  const from = m.via === 'api' ? `${m.from} (bot)` : m.from;
+  const body = add(m.from === me && !m.via ? 'mine' : '', from, m.ts, m.deleted ? undefined : m.text, m.seq);
+  if (m.deleted) markDeleted(body.parentElement);
+  else if (role === 'moderator') addDeleteButton(body.parentElement, m.seq);
+}
+
+// A tombstone: the seq stays in the view, the text is gone.
+function markDeleted(li) {
+  li.classList.add('deleted');
+  li.querySelector('.text').textContent = 'message deleted';
+  li.querySelector('button.mod')?.remove();
+}
+
+function addDeleteButton(li, seq) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = 'mod';
+  b.textContent = 'delete';
+  b.title = 'Delete this message for everyone';
+  b.addEventListener('click', () => moderate({ type: 'delete', seq }));
+  li.append(b);
+}
+
+function moderate(frame) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ ...frame, id: `mod-${nextId++}` }));
+}
+
+// What a moderation frame says, for the notice line.
+function describe(m) {
+  switch (m.action) {
+    case 'kick': return `${m.by} removed ${m.user} from the room${m.reason ? `: ${m.reason}` : ''}`;
+    case 'mute': return `${m.by} muted ${m.user} for ${m.seconds} s`;
+    case 'delete': return `${m.by} deleted a message`;
+    default: return `${m.by}: ${m.action}`;
+  }
 }
 
 function clearView() {
@@ -87,7 +122,21 @@ function showMembers() {
   const list = $('members');
   list.replaceChildren(...[...present].sort().map((u) => {
     const li = document.createElement('li');
-    li.textContent = u;
+    const name = document.createElement('span');
+    name.textContent = u;
+    li.append(name);
+    if (role === 'moderator' && u !== me) {
+      for (const [label, frame] of [['mute', { type: 'mute', user: u, seconds: 300 }],
+        ['kick', { type: 'kick', user: u }]]) {
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'mod';
+        b.textContent = label;
+        b.title = label === 'mute' ? `Mute ${u} for 5 minutes` : `Remove ${u} from the room`;
+        b.addEventListener('click', () => moderate(frame));
+        li.append(b);
+      }
+    }
     return li;
   }));
   $('present').textContent = `${present.size} present`;
@@ -141,6 +190,9 @@ function connect() {
           if (epoch !== null) notice('The room\'s history could not be resumed; showing it afresh.');
         }
         epoch = m.epoch;
+        role = m.role || 'member';
+        // A reader receives and pages history but cannot post: no input box at all.
+        $('send').hidden = role === 'reader';
         attempt = 0; // a good connection resets the backoff
         present = new Set(m.members || []);
         showMembers();
@@ -165,6 +217,14 @@ function connect() {
         epoch = null;
         notice('The room\'s history was reset by the server; showing it afresh.');
         break;
+      case 'deleted': {
+        const li = document.querySelector(`#messages li[data-seq="${Number(m.seq)}"]`);
+        if (li) markDeleted(li);
+        break;
+      }
+      case 'moderation':
+        notice(describe(m));
+        break;
       case 'join':
         present.add(m.user);
         showMembers();
@@ -178,7 +238,8 @@ function connect() {
         // was typed (the server may have removed markup or hidden characters from it).
         if (unacked.delete(m.id) && !shown.has(m.seq)) {
           if (m.seq > lastSeq) lastSeq = m.seq;
-          add('mine', me, Date.now(), m.text, m.seq);
+          const body = add('mine', me, Date.now(), m.text, m.seq);
+          if (role === 'moderator') addDeleteButton(body.parentElement, m.seq);
         }
         break;
       case 'error':
@@ -188,6 +249,10 @@ function connect() {
           showError('That message is too long.');
         } else if (m.code === 'empty') {
           showError('Nothing left to send after removing markup.');
+        } else if (m.code === 'muted') {
+          showError(`A moderator muted you here for ${Math.ceil((m.retry_after_ms || 0) / 1000)} s more.`);
+        } else if (m.code === 'forbidden') {
+          showError(`Not allowed: ${m.message}`);
         } else {
           showError(`Refused: ${m.message || m.code}`);
         }
@@ -200,6 +265,14 @@ function connect() {
     ws = null;
     if (!welcomed) setSending(false);
     if (!wanted) { status('not connected'); return; }
+    if (ev.code === 4003) {
+      // Kicked: coming straight back would be refused until the ban ends.
+      wanted = null;
+      setSending(false);
+      status('removed from the room: not reconnecting');
+      showError(`A moderator removed you from this room${ev.reason ? `: ${ev.reason}` : ''}.`);
+      return;
+    }
     // A refused upgrade looks like a network failure to a page (1006, no status). Ask the
     // server whether this token and page would be let in; a refusal stops the retries until
     // the user changes something and connects again.
@@ -233,7 +306,7 @@ async function checkRefusal(token, room) {
     });
   } catch { return null; } // the network itself: keep retrying
   if (r.status === 401) return 'The server refused this token (401): check it and connect again.';
-  if (r.status === 403) return `Not allowed (403): this token may not enter "${room}", or this page's origin is not allowed.`;
+  if (r.status === 403) return `Not allowed (403): this token may not enter "${room}" (or was removed from it for a while), or this page's origin is not allowed.`;
   return null;
 }
 

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 
-const { URL_BASE, CERT, ALICE, BOB, SHOTS } = process.env;
+const { URL_BASE, CERT, ALICE, BOB, CAROL, SHOTS } = process.env;
 const lines = readline.createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => lines.once('line', resolve));
 
@@ -72,7 +72,7 @@ check(m.hasTime, 'messages show their time');
 await say(bob, 'hi alice, all good here');
 await lastFrom(alice, 'bob', 'hi alice, all good here');
 // Each page lists who is present.
-const members = (page) => page.$$eval('#members li', (l) => l.map((x) => x.textContent));
+const members = (page) => page.$$eval('#members li span', (l) => l.map((x) => x.textContent));
 await alice.waitForFunction(() => document.querySelectorAll('#members li').length === 2);
 check(JSON.stringify(await members(alice)) === '["alice","bob"]', `alice sees ${await members(alice)}`);
 check(JSON.stringify(await members(bob)) === '["alice","bob"]', `bob sees ${await members(bob)}`);
@@ -165,6 +165,34 @@ await late.waitForSelector('#earlier', { state: 'hidden' });
 const all = await seqs();
 check(all.every((s, i) => s === i + 1), `seqs in the late page: ${all}`);
 await late.close();
+
+// 7. Roles and moderation (alice moderates lobby, carol only reads it): a reader has no input
+// box, a member no controls; the moderator deletes a message (a tombstone on every page),
+// mutes bob (his page says so) and kicks him (his page stops, without retrying).
+const reader = await open('carol', CAROL);
+await connected(reader, 'carol');
+check(await reader.isHidden('#send'), 'a reader sees an input box');
+check(await bob.isVisible('#send'), 'a member has no input box');
+check((await bob.$$eval('button.mod', (b) => b.length)) === 0, 'a member sees moderator controls');
+await lastFrom(reader, 'bob', 'back after the restart');
+await alice.evaluate(() => [...document.querySelectorAll('#messages li')]
+  .find((l) => l.querySelector('.text')?.textContent === 'back after the restart')
+  .querySelector('button.mod').click());
+for (const page of [alice, bob, reader]) {
+  await page.waitForFunction(() => [...document.querySelectorAll('#messages li.deleted .text')]
+    .some((t) => t.textContent === 'message deleted'));
+  check((await count(page, 'back after the restart')) === 0, 'a deleted message is still shown');
+}
+await alice.click('#members li:has-text("bob") button:has-text("mute")');
+await bob.waitForFunction(() => [...document.querySelectorAll('#messages li.notice .text')]
+  .some((t) => t.textContent === 'alice muted bob for 300 s'));
+await say(bob, 'am I muted?');
+await bob.waitForFunction(() => document.getElementById('error').textContent.includes('muted you'));
+check((await count(alice, 'am I muted?')) === 0, 'a muted message reached alice');
+await alice.click('#members li:has-text("bob") button:has-text("kick")');
+await bob.waitForFunction(() => document.getElementById('status').textContent === 'removed from the room: not reconnecting');
+await bob.screenshot({ path: `${SHOTS}/kicked-bob.png` });
+await alice.screenshot({ path: `${SHOTS}/moderator-alice.png` });
 
 check(dialogs.length === 0 && errors.length === 0, `dialogs ${dialogs}, errors ${errors}`);
 await context.close();

@@ -36,6 +36,9 @@ async fn two_browser_pages_chat_xss_stays_text_foreign_origin_refused_and_reconn
         c.origins
             .allowed
             .insert(0, format!("https://localhost:{port}"));
+        // alice moderates lobby and carol only reads it (the moderation part of the test).
+        crate::moderation::roles(c);
+        c.auth.users[2].roles = Some([("lobby".to_string(), wss_chat::roles::Role::Reader)].into());
     });
     let shots = format!("{}/browser", env!("CARGO_TARGET_TMPDIR"));
     let mut node = Command::new("node")
@@ -45,6 +48,7 @@ async fn two_browser_pages_chat_xss_stays_text_foreign_origin_refused_and_reconn
         .env("CERT", s.path("cert.pem"))
         .env("ALICE", token("alice"))
         .env("BOB", token("bob"))
+        .env("CAROL", token("carol"))
         .env("SHOTS", &shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -307,6 +307,10 @@ async fn a_deleted_message_is_a_tombstone_live_in_history_backlogs_the_api_and_a
         assert_eq!(recv_json(&mut alice).await["seq"], i);
     }
     send_json(&mut alice, json!({"type": "delete", "seq": 2, "id": "d"})).await;
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"type": "deleted", "seq": 2, "by": "alice"})
+    );
     let done = recv_json(&mut alice).await;
     assert_eq!(
         (
