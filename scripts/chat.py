@@ -10,7 +10,8 @@ resumes with the room's epoch and the last seq shown, so nothing said meanwhile 
 shown twice; lines not acked yet are sent again with the same id, which the server stores once.
 The token travels in the subprotocol list (as a browser sends it), never in the URL. The demo's
 development certificate is found beside this script (../certs/dev-cert.pem) whatever directory
-you run it from.
+you run it from. A moderator of the room can type /kick USER [REASON], /mute USER SECONDS and
+/delete SEQ; a kicked client stops rather than reconnect into the ban.
 """
 import argparse
 import asyncio
@@ -21,6 +22,7 @@ import random
 import secrets
 import ssl
 import sys
+import threading
 import urllib.parse
 
 import websockets
@@ -54,7 +56,9 @@ class Room:
                 return
             self.shown.add(m["seq"])
             self.last_seq = max(self.last_seq, m["seq"])
-            print(f"[{m['room']} #{m['seq']}] {m['from']}: {m['text']}", flush=True)
+            who = f"{m['from']} (via api)" if m.get("via") == "api" else m["from"]
+            text = "(message deleted)" if m.get("deleted") else m["text"]
+            print(f"[{m['room']} #{m['seq']}] {who}: {text}", flush=True)
         elif kind == "ack":
             if self.pending.pop(m["id"], None) is None:
                 return  # a resend's ack: shown already
@@ -71,7 +75,8 @@ class Room:
                 self.shown.clear()
                 self.last_seq = 0
             self.epoch = m["epoch"]
-            print(f"connected as {m['user']} in {m['room']}", flush=True)
+            role = f" ({m['role']})" if m.get("role", "member") != "member" else ""
+            print(f"connected as {m['user']} in {m['room']}{role}", flush=True)
             if "members" in m:
                 more = " and more" if m.get("members_truncated") else ""
                 print(f"  present: {', '.join(m['members'])}{more}", flush=True)
@@ -80,6 +85,13 @@ class Room:
             self.shown.clear()
             self.last_seq = 0
             self.epoch = None
+        elif kind == "deleted":
+            print(f"  * message #{m['seq']} was deleted by {m['by']}", flush=True)
+        elif kind == "moderation":
+            what = {"kick": f"removed {m.get('user')}", "mute": f"muted {m.get('user')} for {m.get('seconds')} s",
+                    "delete": f"deleted message #{m.get('seq')}"}.get(m["action"], m["action"])
+            reason = f": {m['reason']}" if m.get("reason") else ""
+            print(f"  * {m['by']} {what}{reason}", flush=True)
         elif kind in ("join", "leave"):
             print(f"  * {m['user']} {'joined' if kind == 'join' else 'left'}", flush=True)
         else:
@@ -104,14 +116,15 @@ async def main() -> int:
     lines = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
-    async def read_stdin() -> None:
+    def read_stdin() -> None:
+        # A daemon thread: one blocked reading a terminal must not keep the client from exiting.
         while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            await lines.put(line)
+            line = sys.stdin.readline()
+            loop.call_soon_threadsafe(lines.put_nowait, line)
             if not line:
                 return
 
-    stdin_task = asyncio.create_task(read_stdin())
+    threading.Thread(target=read_stdin, daemon=True).start()
     typing_done = False
     attempt = 0
     while True:
@@ -133,8 +146,10 @@ async def main() -> int:
         if ws is not None:
             why = await session(ws, room, lines, typing_done)
             if why is None:
-                stdin_task.cancel()
                 return 0
+            if ws.close_code == 4003:
+                print(f"removed from the room by a moderator: {ws.close_reason}", file=sys.stderr)
+                return 1
             typing_done = why == "stdin closed"
             attempt = 0
         if typing_done and attempt >= 3:
@@ -144,6 +159,21 @@ async def main() -> int:
         attempt += 1
         print(f"  (disconnected: {why}; reconnecting in {delay:.1f} s)", file=sys.stderr, flush=True)
         await asyncio.sleep(delay)
+
+
+def moderation(line: str, msg_id: str):
+    """A moderator's command as its frame: /kick USER [REASON], /mute USER SECONDS, /delete SEQ."""
+    words = line.split(maxsplit=2)
+    try:
+        if words[:1] == ["/kick"] and len(words) >= 2:
+            return {"type": "kick", "user": words[1], "reason": " ".join(words[2:]), "id": msg_id}
+        if words[:1] == ["/mute"] and len(words) == 3:
+            return {"type": "mute", "user": words[1], "seconds": int(words[2]), "id": msg_id}
+        if words[:1] == ["/delete"] and len(words) == 2:
+            return {"type": "delete", "seq": int(words[1]), "id": msg_id}
+    except ValueError:
+        pass
+    return None
 
 
 async def session(ws, room: Room, lines: asyncio.Queue, typing_done: bool):
@@ -170,7 +200,10 @@ async def session(ws, room: Room, lines: asyncio.Queue, typing_done: bool):
                 if not line:
                     typing_done = True
                     break
-                if line.strip():
+                command = moderation(line, next(room.ids))
+                if command is not None:
+                    await ws.send(json.dumps(command))
+                elif line.strip():
                     msg_id = next(room.ids)
                     text = line.rstrip("\n")
                     room.pending[msg_id] = text

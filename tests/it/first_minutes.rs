@@ -256,7 +256,7 @@ async fn plain_http_to_the_tls_port_is_told_to_use_tls() {
 }
 
 /// scripts/chat.py pointed at `s` with `token`, trusting the test CA.
-fn chat_py(s: &Server, token: &str) -> tokio::process::Command {
+pub fn chat_py(s: &Server, token: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("python3");
     cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/chat.py"))
         .args(["--url", &format!("wss://localhost:{}", s.addr.port())])

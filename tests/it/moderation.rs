@@ -479,3 +479,72 @@ async fn the_api_moderates_with_the_moderate_scope_and_is_audited() {
     );
     s.wait_log(r#"action="mute""#).await;
 }
+
+#[tokio::test]
+async fn the_terminal_client_moderates_with_commands_and_stops_when_kicked() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let s = server(|_| {});
+    let mut bob_ws = s.join("bob", "lobby").await;
+    // alice's client: a command line becomes a moderation frame.
+    let mut alice_py = crate::first_minutes::chat_py(&s, token("alice"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = alice_py.stdin.take().unwrap();
+    stdin.write_all(b"/mute bob 5\n").await.unwrap();
+    let m = recv_json(&mut bob_ws).await;
+    assert_eq!(
+        (
+            m["action"].as_str(),
+            m["user"].as_str(),
+            m["by"].as_str(),
+            m["seconds"].as_u64()
+        ),
+        (Some("mute"), Some("bob"), Some("alice"), Some(5)),
+        "{m}"
+    );
+    drop(stdin);
+    let _ = alice_py.wait().await;
+    // bob's client is kicked: it says so and exits instead of reconnecting into the ban.
+    let mut bob_py = crate::first_minutes::chat_py(&s, token("bob"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _keep_open = bob_py.stdin.take();
+    let mut out = tokio::io::BufReader::new(bob_py.stdout.take().unwrap()).lines();
+    while let Some(line) = out.next_line().await.unwrap() {
+        if line.starts_with("connected as bob") {
+            break;
+        }
+    }
+    let mut alice = s.join("alice", "lobby").await;
+    send_json(
+        &mut alice,
+        json!({"type": "kick", "user": "bob", "reason": "too loud"}),
+    )
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(10), bob_py.wait())
+        .await
+        .expect("chat.py went on after a kick")
+        .unwrap();
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    bob_py
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("removed from the room by a moderator: too loud"),
+        "{err}"
+    );
+    assert!(!err.contains("reconnecting"), "{err}");
+}
