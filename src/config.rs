@@ -1172,7 +1172,7 @@ impl Config {
             w.push("sanitize.mode = \"basic\": some HTML formatting tags are delivered".into());
         }
         // Numeric limits: raising one above its default loosens it.
-        let numbers = |c: &Config| -> [(&'static str, u64); 14] {
+        let numbers = |c: &Config| -> [(&'static str, u64); 17] {
             let (l, s) = (&c.limits, &c.server);
             [
                 ("limits.max_message_bytes", l.max_message_bytes as u64),
@@ -1198,6 +1198,12 @@ impl Config {
                 ("server.close_grace_ms", s.close_grace_ms),
                 ("rooms.max_members", c.rooms.max_members as u64),
                 ("rooms.max_rooms", c.rooms.max_rooms as u64),
+                (
+                    "api.requests_per_second",
+                    u64::from(c.api.requests_per_second),
+                ),
+                ("api.burst", u64::from(c.api.burst)),
+                ("moderation.max_mute_s", c.moderation.max_mute_s),
             ]
         };
         for ((name, v), (_, dv)) in numbers(self).into_iter().zip(numbers(&d)) {
@@ -1314,6 +1320,32 @@ mod tests {
         let text = format!("{MINIMAL}\n[server]\nlisten = \"0.0.0.0:8443\"\necho_mode = true\n");
         let problems = Config::parse(&text).unwrap().validate().unwrap_err();
         assert_eq!(problems[0].key, "server.echo_mode");
+    }
+
+    #[test]
+    fn api_keys_and_moderation_are_checked_by_key() {
+        let text = format!(
+            "{MINIMAL}\n[api]\nburst = 0\n[[api.keys]]\nname = \"a\\nb\"\nkey_sha256 = \"zz\"\nscopes = []\n\
+             [moderation]\nkick_ban_s = 0\n"
+        );
+        let problems = Config::parse(&text).unwrap().validate().unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "api.keys[0].name",
+            "api.keys[0].key_sha256",
+            "api.keys[0].scopes",
+            "api.burst",
+            "moderation.kick_ban_s",
+        ] {
+            assert!(keys.contains(&k), "{k} not reported: {problems:?}");
+        }
+        let bad_scope = format!(
+            "{MINIMAL}\n[[api.keys]]\nname = \"x\"\nkey_sha256 = \"{}\"\nscopes = [\"admin\"]\n",
+            "0".repeat(64)
+        );
+        assert!(Config::parse(&bad_scope).is_err());
+        let bad_role = format!("{MINIMAL}\n[[auth.users]]\nname = \"x\"\ntoken_sha256 = \"{}\"\nroles = {{ lobby = \"owner\" }}\n", "0".repeat(64));
+        assert!(Config::parse(&bad_role).is_err());
     }
 
     #[test]

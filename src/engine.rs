@@ -527,6 +527,7 @@ impl Engine {
         let via = by.via;
         let (writer, shared) = room.stores();
         let rooms = self.rooms.clone();
+        let metrics = self.metrics.clone();
         let name = room.name.clone();
         // Told once the action is durable where it must be: applied here (a shared store
         // applies it on every node itself), audited, and the moderator answered.
@@ -539,6 +540,7 @@ impl Engine {
                 return done(Err(ModRefusal::Unavailable));
             }
             audit(&name, &s.by, via, &s.action);
+            metrics.moderated(s.action.name());
             done(Ok(frame))
         };
         if let Some(shared) = shared {

@@ -32,6 +32,8 @@ pub struct Metrics {
     refused: Family<Reason, Counter>,
     /// Refused API requests by error code (unauthorized, forbidden, rate_limited, ...).
     api_refused: Family<Reason, Counter>,
+    /// Moderation actions carried out, by action (kick, mute, delete).
+    moderation: Family<Reason, Counter>,
     pub messages_received: Counter,
     pub messages_delivered: Counter,
     /// Messages not delivered, by reason: bad_request, too_long, empty, rate_limited,
@@ -81,6 +83,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             refused: Family::default(),
             api_refused: Family::default(),
+            moderation: Family::default(),
             messages_received: Counter::default(),
             messages_delivered: Counter::default(),
             dropped: Family::default(),
@@ -109,6 +112,11 @@ impl Metrics {
             "handshakes_refused",
             "Refused handshakes by reason",
             m.refused.clone(),
+        );
+        registry.register(
+            "moderation_actions",
+            "Moderation actions carried out, by action",
+            m.moderation.clone(),
         );
         registry.register(
             "api_refused",
@@ -210,6 +218,10 @@ impl Metrics {
 
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn moderated(&self, action: &'static str) {
+        self.moderation.get_or_create(&[("action", action)]).inc();
     }
 
     pub fn api_refused(&self, code: &'static str) {
