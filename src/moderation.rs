@@ -108,9 +108,10 @@ struct Sanction {
 /// Bans and mutes in force, by room and user, each until a deadline in Unix milliseconds.
 #[derive(Debug, Default)]
 pub struct Sanctions {
-    entries: Mutex<HashMap<(String, String), Sanction>>,
-    /// Entries held, read without the lock so a message in a room with no sanction costs an
-    /// atomic load, not a lock.
+    /// Room -> user -> sanction: looked up by `&str` on every message, without allocating.
+    entries: Mutex<HashMap<String, HashMap<String, Sanction>>>,
+    /// Entries held, read without the lock so a message when no sanction is in force anywhere
+    /// costs an atomic load, not a lock.
     held: AtomicUsize,
 }
 
@@ -121,26 +122,48 @@ pub enum Kind {
     Mute,
 }
 
+impl Sanction {
+    fn until(&mut self, kind: Kind) -> &mut u64 {
+        match kind {
+            Kind::Ban => &mut self.banned_until_ms,
+            Kind::Mute => &mut self.muted_until_ms,
+        }
+    }
+
+    fn over(&self, now: u64) -> bool {
+        self.banned_until_ms <= now && self.muted_until_ms <= now
+    }
+}
+
 impl Sanctions {
     /// Put `user` under `kind` in `room` until `until_ms` (a later deadline already in force
     /// stays). `false` when the table is full of sanctions still in force.
     pub fn impose(&self, room: &str, user: &str, kind: Kind, until_ms: u64) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (room.to_string(), user.to_string());
-        if !entries.contains_key(&key) && entries.len() >= MAX_SANCTIONS {
+        let mut held = self.held.load(Ordering::Relaxed);
+        let known = entries.get(room).is_some_and(|r| r.contains_key(user));
+        if !known && held >= MAX_SANCTIONS {
             let now = now_ms();
-            entries.retain(|_, s| s.banned_until_ms > now || s.muted_until_ms > now);
-            if entries.len() >= MAX_SANCTIONS {
+            for users in entries.values_mut() {
+                users.retain(|_, s| !s.over(now));
+            }
+            entries.retain(|_, users| !users.is_empty());
+            held = entries.values().map(HashMap::len).sum();
+            self.held.store(held, Ordering::Relaxed);
+            if held >= MAX_SANCTIONS {
                 return false;
             }
         }
-        let s = entries.entry(key).or_default();
-        let slot = match kind {
-            Kind::Ban => &mut s.banned_until_ms,
-            Kind::Mute => &mut s.muted_until_ms,
-        };
+        let s = entries
+            .entry(room.to_string())
+            .or_default()
+            .entry(user.to_string())
+            .or_default();
+        let slot = s.until(kind);
         *slot = (*slot).max(until_ms);
-        self.held.store(entries.len(), Ordering::Relaxed);
+        if !known {
+            self.held.store(held + 1, Ordering::Relaxed);
+        }
         true
     }
 
@@ -150,18 +173,18 @@ impl Sanctions {
             return None;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (room.to_string(), user.to_string());
-        let s = *entries.get(&key)?;
+        let users = entries.get_mut(room)?;
+        let s = users.get_mut(user)?;
         let now = now_ms();
-        if s.banned_until_ms <= now && s.muted_until_ms <= now {
-            entries.remove(&key);
-            self.held.store(entries.len(), Ordering::Relaxed);
+        let until = *s.until(kind);
+        if s.over(now) {
+            users.remove(user);
+            if users.is_empty() {
+                entries.remove(room);
+            }
+            self.held.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        let until = match kind {
-            Kind::Ban => s.banned_until_ms,
-            Kind::Mute => s.muted_until_ms,
-        };
         until.checked_sub(now).filter(|&ms| ms > 0)
     }
 }
