@@ -8,6 +8,8 @@
 #   bench/run.sh                     # REPEATS=3, all servers, all modes
 #   REPEATS=1 SERVERS="wss-chat uws" MODES="broadcast saturate" bench/run.sh
 #   REPEATS=3 SERVERS="wss-chat wss-chat-off" MODES="broadcast saturate" bench/run.sh  # history on vs off
+#   cp target/release/wss-chat /tmp/old; ...change...; BEFORE=/tmp/old SERVERS="wss-chat wss-chat-before" bench/run.sh
+#                                    # a change on the hot path, before and after, in one run
 #
 # Installs its peers: npm packages into bench/peers/node_modules, Go and gorilla/websocket from
 # Debian (apt-get; needs root), and builds everything in release mode.
@@ -54,12 +56,13 @@ start() {
   local name=$1 cpus=0
   [ "$name" = wss-chat-2core ] && cpus=0,1
   case $name in
-    wss-chat|wss-chat-2core|wss-chat-off)
-      local conf=$WORK/config.toml
+    wss-chat|wss-chat-2core|wss-chat-off|wss-chat-before)
+      local conf=$WORK/config.toml bin=target/release/wss-chat
       [ "$name" = wss-chat-off ] && conf=$WORK/off/config.toml
+      [ "$name" = wss-chat-before ] && bin=${BEFORE:?BEFORE=path of the binary to compare with}
       # Every run starts from an empty store: no backlog sent to the clients as they join.
       rm -rf "$WORK/data"
-      start_server "taskset -c $cpus target/release/wss-chat" "$conf" "$WORK/server.log"
+      start_server "taskset -c $cpus $bin" "$conf" "$WORK/server.log"
       AUTH=(--secret-file "$WORK/jwt-secret") ;;
     *)
       SERVER_PORT=$(free_port)
@@ -126,7 +129,7 @@ metrics = [
     ("handshakes/s, client offers X25519 only", "handshakes-x25519", "handshakes_per_sec", True),
     ("CPU-us per handshake, X25519 only", "handshakes-x25519", "cpu_us_per_handshake", False),
 ]
-servers = [s for s in ["wss-chat", "wss-chat-off", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
+servers = [s for s in ["wss-chat", "wss-chat-off", "wss-chat-before", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
 peers = [s for s in servers if s not in ("wss-chat", "wss-chat-2core")]
 def med(name, mode, key):
     vals = [r[key] for r in rows.get((name, mode), []) if r.get(key) is not None]
