@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Profile the server under one benchmark shape: the bench config, the server pinned to CPU 0
+# and the load generator to CPU 1 (as bench/run.sh), `perf record` on the server while the
+# load runs, and a flame graph (inferno) written to OUT (default docs/flame-MODE.svg).
+#
+#   bench/profile.sh broadcast                  # 1,000 clients, 100 msg/s
+#   OUT=docs/flame-before.svg bench/profile.sh broadcast
+#   bench/profile.sh handshakes-x25519
+#
+# Needs perf (Debian linux-perf) and inferno (cargo install inferno); installs both if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+MODE=${1:-broadcast}
+OUT=${OUT:-docs/flame-$MODE.svg}
+SECS=${SECS:-8}
+command -v perf >/dev/null || { apt-get update -q && apt-get install -y -q linux-perf; }
+command -v inferno-collapse-perf >/dev/null || cargo install inferno
+command -v taskset >/dev/null || { apt-get update -q && apt-get install -y -q util-linux; }
+cargo build --profile profiling --locked --workspace
+ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d)
+trap 'stop_server; rm -rf "$WORK"' EXIT
+make_test_ca "$WORK"
+load_config "$WORK" '["bench"]' 20000 "messages_per_second = 1000000
+burst = 1000000
+handshakes_per_minute_per_ip = 1000000"
+start_server "taskset -c 0 target/profiling/wss-chat" "$WORK/config.toml" "$WORK/server.log"
+case $MODE in
+  broadcast) args=(broadcast --clients 1000 --senders 10 --size 128 --rate 100 --duration-secs $((SECS + 6))) ;;
+  idle) args=(idle --clients 5000) ;;
+  handshakes) args=(handshakes --duration-secs $((SECS + 4))) ;;
+  handshakes-x25519) args=(--classic-kx handshakes --duration-secs $((SECS + 4))) ;;
+  *) echo "unknown mode $MODE"; exit 2 ;;
+esac
+taskset -c 1 target/profiling/loadgen --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
+  --server-pid "$SERVER_PID" --source-ips 100 --secret-file "$WORK/jwt-secret" "${args[@]}" \
+  > "$WORK/load.log" 2>&1 &
+LOAD=$!
+# Record once the room is full and the load runs (the broadcast's warm-up is 2 s).
+sleep "${DELAY:-6}"
+perf record -F 997 -g --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf.data" -- sleep "$SECS" 2> "$WORK/perf.log"
+wait $LOAD || true
+sed 's/^/   /' "$WORK/load.log"
+perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf > "$WORK/folded"
+mkdir -p "$(dirname "$OUT")"
+inferno-flamegraph --title "wss-chat $MODE ($(date -u +%Y-%m-%d), $(git rev-parse --short HEAD))" \
+  < "$WORK/folded" > "$OUT"
+# The heaviest frames by self time, for the commit message.
+perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
+  | grep -v '^#' | grep '%' | head -${TOP:-25}
+echo "flame graph: $OUT"
