@@ -6,6 +6,7 @@
 #   bench/profile.sh broadcast                  # 1,000 clients, 100 msg/s
 #   OUT=docs/flame-before.svg bench/profile.sh broadcast
 #   bench/profile.sh handshakes-x25519
+#   FOLDED=/tmp/f.folded bench/profile.sh broadcast; python3 bench/stacks.py /tmp/f.folded  # shares
 #
 # Needs perf (Debian linux-perf) and inferno (cargo install inferno); installs both if missing.
 set -euo pipefail
@@ -44,6 +45,7 @@ perf record -F 997 -g --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf.d
 wait $LOAD || true
 sed 's/^/   /' "$WORK/load.log"
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf > "$WORK/folded"
+[ -n "${FOLDED:-}" ] && cp "$WORK/folded" "$FOLDED"
 mkdir -p "$(dirname "$OUT")"
 inferno-flamegraph --title "wss-chat $MODE ($(date -u +%Y-%m-%d), $(git rev-parse --short HEAD))" \
   < "$WORK/folded" > "$OUT"

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::Identity;
@@ -24,8 +23,8 @@ use crate::moderation::{audit, Action, Kind};
 use crate::protocol::{ErrorCode, ServerFrame, WelcomeLimits};
 use crate::roles::Role;
 use crate::room::{
-    moderation_frame, next_conn_id, ConnId, Fanout, Membership, Outbox, Outgoing, Published, Reply,
-    Reservation, Room, Rooms, Sanctioned,
+    moderation_frame, next_conn_id, ConnId, Fanout, Membership, Outbox, OutboxReader, Published,
+    Reply, Reservation, Room, Rooms, Sanctioned,
 };
 use crate::sanitize::Sanitizer;
 use crate::store::{now_ms, Event, EventKind, StoreError};
@@ -283,7 +282,7 @@ impl Engine {
         reservation: Reservation,
         identity: Identity,
         resume: Option<Resume>,
-    ) -> (Member, mpsc::Receiver<Outgoing>) {
+    ) -> (Member, OutboxReader) {
         let (outbox, rx) = Outbox::new(self.outbound_queue_bytes);
         let room_name = reservation.room().name.clone();
         let echo = self.echo;

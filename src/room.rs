@@ -13,11 +13,11 @@
 //! full room is refused before the upgrade) and then taken by the engine's join.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
@@ -37,50 +37,122 @@ pub enum Outgoing {
     ),
 }
 
-/// One connection's bounded outbound queue.
+/// One connection's bounded outbound queue: a plain queue under a short lock, which the
+/// writer empties in one step (swapping it with its own, empty one), so neither side allocates
+/// per batch and an idle connection keeps only a few slots. (A tokio channel kept about 2 KiB of blocks per connection, idle or
+/// not: measured with heaptrack at 3,000 connections.)
 #[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
+    queue: Mutex<VecDeque<Outgoing>>,
     /// Bytes queued and not yet written; bounded by `limit` so a reader that never reads costs
     /// at most `limit` bytes of server memory.
     queued: AtomicUsize,
     limit: usize,
+    /// Frames queued at most: the byte bound is what matters; this one only stops many tiny
+    /// frames from costing more in queue slots than in bytes.
+    max_items: usize,
     /// Set once when the queue overflows; the writer sees it through `wake` and closes 1013.
     overflowed: AtomicBool,
+    /// Set when the writer is gone: nothing more is queued.
+    closed: AtomicBool,
+    /// Wakes the writer's wait for frames.
+    ready: Notify,
+    /// Wakes the writer's watch for an overflow.
     pub wake: Notify,
 }
 
+/// The writer's end of an [`Outbox`]; dropping it closes the outbox.
+#[derive(Debug)]
+pub struct OutboxReader {
+    outbox: Arc<Outbox>,
+}
+
+impl OutboxReader {
+    /// Move everything queued into `into` (empty), oldest first, waiting until there is
+    /// something. The two queues trade places, so no batch allocates: a writer keeps its
+    /// `into` between batches (see [`OutboxReader::trim`]).
+    pub async fn batch(&mut self, into: &mut VecDeque<Outgoing>) {
+        loop {
+            if self.try_batch(into) {
+                return;
+            }
+            // A push between the swap and this wait leaves a permit: no wake-up is lost.
+            self.outbox.ready.notified().await;
+        }
+    }
+
+    /// What is queued now, moved into `into` (empty), without waiting; false if nothing was.
+    pub fn try_batch(&mut self, into: &mut VecDeque<Outgoing>) -> bool {
+        let mut q = self.outbox.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut *q, into);
+        true
+    }
+
+    /// After a burst, give back what a batch queue grew to, so an idle connection keeps
+    /// only a few slots.
+    pub fn trim(into: &mut VecDeque<Outgoing>) {
+        if into.capacity() > 16 {
+            *into = VecDeque::new();
+        }
+    }
+}
+
+impl Drop for OutboxReader {
+    fn drop(&mut self) {
+        self.outbox.closed.store(true, Ordering::Relaxed);
+        self.outbox
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
 impl Outbox {
-    /// A queue bounded to `limit_bytes`, and its receiving end for the writer.
-    pub fn new(limit_bytes: usize) -> (Arc<Outbox>, mpsc::Receiver<Outgoing>) {
-        // The byte bound is what matters; the count bound only stops many tiny frames from
-        // costing more in channel slots than in bytes.
-        let (tx, rx) = mpsc::channel((limit_bytes / 64).max(64));
-        let outbox = Outbox {
-            tx,
+    /// A queue bounded to `limit_bytes`, and its reading end for the writer.
+    pub fn new(limit_bytes: usize) -> (Arc<Outbox>, OutboxReader) {
+        let outbox = Arc::new(Outbox {
+            queue: Mutex::new(VecDeque::new()),
             queued: AtomicUsize::new(0),
             limit: limit_bytes,
+            max_items: (limit_bytes / 64).max(64),
             overflowed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            ready: Notify::new(),
             wake: Notify::new(),
+        });
+        let reader = OutboxReader {
+            outbox: outbox.clone(),
         };
-        (Arc::new(outbox), rx)
+        (outbox, reader)
     }
 
     /// Queue a data frame without waiting; on overflow mark this connection a slow consumer.
     /// Returns whether the frame was queued.
     pub fn push(&self, msg: Message) -> bool {
-        if self.overflowed.load(Ordering::Relaxed) {
+        if self.overflowed.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
             return false;
         }
         let len = msg.len();
         let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        if before + len > self.limit || self.tx.try_send(Outgoing::Frame(msg)).is_err() {
+        let queued = before + len <= self.limit && {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.len() < self.max_items && {
+                q.push_back(Outgoing::Frame(msg));
+                true
+            }
+        };
+        if queued {
+            self.ready.notify_one();
+        } else {
             self.queued.fetch_sub(len, Ordering::Relaxed);
             self.overflowed.store(true, Ordering::Relaxed);
             self.wake.notify_one();
-            return false;
         }
-        true
+        queued
     }
 
     /// Ask the writer to close the connection after what is already queued.
@@ -89,15 +161,11 @@ impl Outbox {
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode,
         reason: impl Into<Cow<'static, str>>,
     ) {
-        if self
-            .tx
-            .try_send(Outgoing::Close(code, reason.into()))
-            .is_err()
-        {
-            // Queue full: the connection is being closed as a slow consumer anyway.
-            self.overflowed.store(true, Ordering::Relaxed);
-            self.wake.notify_one();
-        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Outgoing::Close(code, reason.into()));
+        self.ready.notify_one();
     }
 
     /// The writer reports bytes it has handed to the socket.
@@ -942,11 +1010,17 @@ mod tests {
         }
     }
 
-    fn text(rx: &mut mpsc::Receiver<Outgoing>) -> Option<String> {
-        match rx.try_recv().ok()? {
-            Outgoing::Frame(Message::Text(t)) => Some(t.to_string()),
-            o => panic!("{o:?}"),
-        }
+    /// Every text frame queued now.
+    fn texts(rx: &mut OutboxReader) -> Vec<String> {
+        let mut batch = VecDeque::new();
+        rx.try_batch(&mut batch);
+        batch
+            .into_iter()
+            .map(|o| match o {
+                Outgoing::Frame(Message::Text(t)) => t.to_string(),
+                o => panic!("{o:?}"),
+            })
+            .collect()
     }
 
     fn rooms(auto: bool) -> Arc<Rooms> {
@@ -999,9 +1073,8 @@ mod tests {
         let s2 = say(&ma, "two");
         assert_eq!((s1.seq, s2.seq), (1, 2));
         assert_eq!((s1.queued, s1.overflowed), (1, 0));
-        assert_eq!(text(&mut rb).as_deref(), Some("m1"));
-        assert_eq!(text(&mut rb).as_deref(), Some("m2"));
-        assert_eq!(text(&mut ra), None);
+        assert_eq!(texts(&mut rb), ["m1", "m2"]);
+        assert!(texts(&mut ra).is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! deadline, never before.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -37,7 +38,7 @@ use crate::handshake::Admitted;
 use crate::limits::Verdict;
 use crate::moderation::Action;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
-use crate::room::{Outbox, Outgoing};
+use crate::room::{Outbox, OutboxReader, Outgoing};
 use crate::Shared;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -551,7 +552,7 @@ fn error_ending(e: &tungstenite::Error) -> Option<Ending> {
 /// (nothing more can be sent), true once the Close was sent or attempted.
 async fn write_loop(
     sink: &mut Sink,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: OutboxReader,
     outbox: &Outbox,
     closing: &Closing,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
@@ -579,35 +580,36 @@ async fn write_loop(
         }
     };
     tokio::pin!(interrupt);
+    let mut items = VecDeque::new();
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             ending = &mut interrupt => { closing.begin(ending); break; }
-            item = rx.recv() => match item {
-                Some(item) => item,
-                None => return false,
-            },
-            _ = ping.tick() => Outgoing::Frame(Message::Ping(Default::default())),
+            () = rx.batch(&mut items) => {}
+            _ = ping.tick() => items.push_back(Outgoing::Frame(Message::Ping(Default::default()))),
         };
-        // Write this item and everything else already queued, then flush once. A socket that
+        // Write this batch and everything queued meanwhile, then flush once. A socket that
         // will not drain must not hold us here past an overflow or a shutdown.
         let mut close_requested = false;
         let batch = async {
-            let mut item = Some(first);
-            while let Some(it) = item.take() {
-                match it {
-                    Outgoing::Frame(m) => {
-                        let len = m.len();
-                        sink.feed(m).await?;
-                        outbox.written(len);
-                    }
-                    Outgoing::Close(code, reason) => {
-                        closing.begin(Ending { code, reason });
-                        close_requested = true;
-                        break;
+            'batch: loop {
+                while let Some(it) = items.pop_front() {
+                    match it {
+                        Outgoing::Frame(m) => {
+                            let len = m.len();
+                            sink.feed(m).await?;
+                            outbox.written(len);
+                        }
+                        Outgoing::Close(code, reason) => {
+                            closing.begin(Ending { code, reason });
+                            close_requested = true;
+                            break 'batch;
+                        }
                     }
                 }
-                item = rx.try_recv().ok();
+                if !rx.try_batch(&mut items) {
+                    break;
+                }
             }
             sink.flush().await
         };
@@ -623,6 +625,8 @@ async fn write_loop(
         if close_requested || closing.deadline().is_some() {
             break;
         }
+        items.clear();
+        OutboxReader::trim(&mut items);
     }
     if let Some(ending) = closing.ending() {
         let frame = CloseFrame {
