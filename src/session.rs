@@ -188,7 +188,9 @@ pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAd
     });
     drop(member);
     if let Ok(ws) = sink.reunite(stream) {
-        finish(ws, closing.deadline(), failed, out_of_step).await;
+        // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
+        // session's future for the connection's whole life.
+        Box::pin(finish(ws, closing.deadline(), failed, out_of_step)).await;
     }
     shared.metrics.connections_open.dec();
     if ending.code == close::TRY_AGAIN_LATER {

@@ -452,6 +452,18 @@ pub async fn idle(target: Arc<Target>, a: IdleArgs) -> bool {
             break;
         }
     }
+    // Idle means quiet: wait until the server's CPU use falls below 2 % over a second (the
+    // welcomes, and with presence every join told to every member, take a while to drain),
+    // for at most a minute, then two seconds more.
+    let mut last = cpu_us(pid).unwrap_or(0);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_us(pid).unwrap_or(0);
+        if now.saturating_sub(last) < 20_000 {
+            break;
+        }
+        last = now;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid).unwrap_or(0);
     let n = held.load(Ordering::Relaxed);
