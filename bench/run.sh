@@ -42,9 +42,15 @@ make_test_ca "$WORK"
 TOKEN=bench-token-0123456789
 # The bench config: shipped defaults, with the rate limits and caps raised past what the load
 # itself needs (a benchmark measures the server, not its limiter). Sanitising stays on.
-load_config "$WORK" '["bench"]' 6000 "messages_per_second = 1000000
+# Rooms: "bench" for the broadcast shapes, and bench0..bench189 for idle: 19,000 connections
+# (the open-file limit here is 20,000 per process) in rooms of 100, so presence is on but no
+# one room of 19,000 tells every join to everyone (that is the big-room shape).
+IDLE_CLIENTS=${IDLE_CLIENTS:-19000}
+IDLE_ROOMS=$(( (IDLE_CLIENTS + 99) / 100 ))
+ROOMS=$(python3 -c "import sys; n=int(sys.argv[1]); print('[' + ', '.join(['\"bench\"'] + ['\"bench%d\"' % i for i in range(n)]) + ']')" "$IDLE_ROOMS")
+load_config "$WORK" "$ROOMS" 6000 "messages_per_second = 1000000
 burst = 1000000
-handshakes_per_minute_per_ip = 1000000"
+handshakes_per_minute_per_ip = 1000000" $((IDLE_ROOMS + 10))
 # wss-chat-off: the same with history off (a relay), to price the store.
 mkdir -p "$WORK/off"
 cp "$WORK/config.toml" "$WORK/jwt-secret" "$WORK/cert.pem" "$WORK/key.pem" "$WORK/off/"
@@ -83,7 +89,7 @@ start() {
 
 loadgen() {
   taskset -c 1 target/release/loadgen --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
-    --server-pid "$SERVER_PID" --source-ips 100 "${AUTH[@]}" "$@"
+    --server-pid "$SERVER_PID" --source-ips 400 "${AUTH[@]}" "$@"
 }
 
 RESULTS=$WORK/results.txt
@@ -96,7 +102,7 @@ for r in $(seq 1 "$REPEATS"); do
       case $mode in
         broadcast) args=(broadcast --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate 100) ;;
         saturate) args=(saturate --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --duration-secs 5 --warmup-secs 1) ;;
-        idle) args=(idle --clients 5000) ;;
+        idle) args=(idle --clients "$IDLE_CLIENTS" --rooms "$IDLE_ROOMS") ;;
         handshakes) args=(handshakes --duration-secs 5) ;;
         handshakes-x25519) args=(--classic-kx handshakes --duration-secs 5) ;;
       esac

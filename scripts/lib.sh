@@ -75,9 +75,10 @@ CONF
 
 # load_config DIR ROOMS MAX_MEMBERS LIMITS: the config the soak and the benchmark share (signed
 # tokens from DIR/jwt-secret, made here; caps for 20,000 connections; quiet per-connection
-# logs), with their own rooms (a TOML array), room size and [limits] lines.
+# logs), with their own rooms (a TOML array), room size and [limits] lines; MAX_ROOMS (the
+# default 100 when unset) for shapes with many rooms.
 load_config() {
-  local d=$1 rooms=$2 max_members=$3 limits=$4
+  local d=$1 rooms=$2 max_members=$3 limits=$4 max_rooms=${5:-100}
   head -c 48 /dev/urandom | base64 > "$d/jwt-secret"
   cat > "$d/config.toml" <<CONF
 [server]
@@ -93,6 +94,7 @@ jwt_secret_file = "jwt-secret"
 [rooms]
 names = $rooms
 max_members = $max_members
+max_rooms = $max_rooms
 [limits]
 $limits
 [log]
