@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 REPEATS=${REPEATS:-3}
 SERVERS=${SERVERS:-"wss-chat uws node-ws gorilla wss-chat-2core"}
-MODES=${MODES:-"broadcast saturate idle handshakes handshakes-x25519"}
+MODES=${MODES:-"broadcast saturate idle handshakes handshakes-x25519 direct bigroom churn"}
 CLIENTS=${CLIENTS:-1000}
 SENDERS=${SENDERS:-10}
 SIZE=${SIZE:-128}
@@ -47,10 +47,12 @@ TOKEN=bench-token-0123456789
 # one room of 19,000 tells every join to everyone (that is the big-room shape).
 IDLE_CLIENTS=${IDLE_CLIENTS:-19000}
 IDLE_ROOMS=$(( (IDLE_CLIENTS + 99) / 100 ))
-ROOMS=$(python3 -c "import sys; n=int(sys.argv[1]); print('[' + ', '.join(['\"bench\"'] + ['\"bench%d\"' % i for i in range(n)]) + ']')" "$IDLE_ROOMS")
-load_config "$WORK" "$ROOMS" 6000 "messages_per_second = 1000000
+# And dm0..dm4999 for the direct-message shape (rooms of two).
+PAIRS=${PAIRS:-5000}
+ROOMS=$(python3 -c "import sys; n, p = int(sys.argv[1]), int(sys.argv[2]); print('[' + ', '.join(['\"bench\"'] + ['\"bench%d\"' % i for i in range(n)] + ['\"dm%d\"' % i for i in range(p)]) + ']')" "$IDLE_ROOMS" "$PAIRS")
+load_config "$WORK" "$ROOMS" 16000 "messages_per_second = 1000000
 burst = 1000000
-handshakes_per_minute_per_ip = 1000000" $((IDLE_ROOMS + 10))
+handshakes_per_minute_per_ip = 1000000" $((IDLE_ROOMS + PAIRS + 10))
 # wss-chat-off: the same with history off (a relay), to price the store.
 mkdir -p "$WORK/off"
 cp "$WORK/config.toml" "$WORK/jwt-secret" "$WORK/cert.pem" "$WORK/key.pem" "$WORK/off/"
@@ -105,6 +107,10 @@ for r in $(seq 1 "$REPEATS"); do
         idle) args=(idle --clients "$IDLE_CLIENTS" --rooms "$IDLE_ROOMS") ;;
         handshakes) args=(handshakes --duration-secs 5) ;;
         handshakes-x25519) args=(--classic-kx handshakes --duration-secs 5) ;;
+        # Issue 14's shapes: direct messages, one big room, presence churn.
+        direct) args=(direct --pairs "$PAIRS" --rate 2000) ;;
+        bigroom) args=(broadcast --clients 15000 --senders 2 --size "$SIZE" --rate 2 --duration-secs 10) ;;
+        churn) args=(churn --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate 100 --joins-per-sec 50) ;;
       esac
       echo "== run $r/$REPEATS: $name $mode"
       start "$name"
@@ -134,6 +140,12 @@ metrics = [
     ("CPU-us per handshake (lower)", "handshakes", "cpu_us_per_handshake", False),
     ("handshakes/s, client offers X25519 only", "handshakes-x25519", "handshakes_per_sec", True),
     ("CPU-us per handshake, X25519 only", "handshakes-x25519", "cpu_us_per_handshake", False),
+    ("direct: p99 ms, 5,000 rooms of 2 at 2,000 msg/s", "direct", "p99_ms", False),
+    ("direct: CPU-us per delivery", "direct", "cpu_us_per_delivery", False),
+    ("big room: p99 ms, 15,000 members at 2 msg/s", "bigroom", "p99_ms", False),
+    ("big room: last delivery ms (max)", "bigroom", "max_ms", False),
+    ("big room: CPU-us per delivery", "bigroom", "cpu_us_per_delivery", False),
+    ("churn: p99 ms at 100 msg/s, 50 joins+leaves/s", "churn", "p99_ms", False),
 ]
 servers = [s for s in ["wss-chat", "wss-chat-off", "wss-chat-before", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
 peers = [s for s in servers if s not in ("wss-chat", "wss-chat-2core")]

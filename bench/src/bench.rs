@@ -108,6 +108,8 @@ struct Room {
     stop: Arc<AtomicBool>,
     epoch: Instant,
     connected: usize,
+    /// Recipients of each message: everyone but the sender in one room, 1 in a direct chat.
+    fanout: u64,
 }
 
 async fn fill_room(target: &Arc<Target>, a: &BroadcastArgs, steps: usize) -> Result<Room, String> {
@@ -144,13 +146,32 @@ async fn fill_room(target: &Arc<Target>, a: &BroadcastArgs, steps: usize) -> Res
         let (stats, stop) = (stats.clone(), stop.clone());
         tokio::spawn(read_into(stream, stats, stop, epoch));
     }
+    if let Some(pid) = target.server_pid {
+        wait_quiet(pid).await;
+    }
     Ok(Room {
         senders,
         stats,
         stop,
         epoch,
         connected,
+        fanout: connected as u64 - 1,
     })
+}
+
+/// Wait until the server's CPU use falls below 2 % over a second, for at most two minutes:
+/// the welcomes, and with presence every join told to every member, take a while to drain
+/// after a room fills, and what is measured next must not include them.
+async fn wait_quiet(pid: u32) {
+    let mut last = cpu_us(pid).unwrap_or(0);
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_us(pid).unwrap_or(0);
+        if now.saturating_sub(last) < 20_000 {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// Record every message's step and latency until told to stop.
@@ -303,7 +324,7 @@ async fn run_step(
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = s.delivered.load(Ordering::Relaxed);
-        if now == last && now >= sent.load(Ordering::Relaxed) * (room.connected as u64 - 1) {
+        if now == last && now >= sent.load(Ordering::Relaxed) * room.fanout {
             break;
         }
         last = now;
@@ -318,7 +339,7 @@ async fn run_step(
     StepResult {
         rate,
         sent,
-        expected: sent * (room.connected as u64 - 1),
+        expected: sent * room.fanout,
         delivered: s.delivered.load(Ordering::Relaxed),
         secs: a.duration_secs as f64,
         p50_ms: s.percentile_ms(0.50),
@@ -452,18 +473,7 @@ pub async fn idle(target: Arc<Target>, a: IdleArgs) -> bool {
             break;
         }
     }
-    // Idle means quiet: wait until the server's CPU use falls below 2 % over a second (the
-    // welcomes, and with presence every join told to every member, take a while to drain),
-    // for at most a minute, then two seconds more.
-    let mut last = cpu_us(pid).unwrap_or(0);
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = cpu_us(pid).unwrap_or(0);
-        if now.saturating_sub(last) < 20_000 {
-            break;
-        }
-        last = now;
-    }
+    wait_quiet(pid).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid).unwrap_or(0);
     let n = held.load(Ordering::Relaxed);
@@ -547,4 +557,161 @@ pub async fn handshakes(target: Arc<Target>, a: HandshakeArgs) -> bool {
         cpu.map(|c| format!("{c:.1}")).unwrap_or("null".into())
     );
     n > 0
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DirectArgs {
+    /// Rooms of two: one member sends, the other receives.
+    #[arg(long, default_value_t = 5000)]
+    pairs: usize,
+    /// Messages per second over all the rooms together.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    #[arg(long, default_value_t = 3)]
+    warmup_secs: u64,
+    /// Room name prefix: rooms are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "dm")]
+    room: String,
+}
+
+/// Direct messages: `pairs` rooms of two, every room's sender at an even share of `rate`.
+pub async fn direct(target: Arc<Target>, a: DirectArgs) -> bool {
+    let epoch = Instant::now();
+    let stats: Arc<Vec<StepStats>> = Arc::new((0..2).map(|_| StepStats::new()).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Semaphore::new(100));
+    let mut joins = Vec::new();
+    for i in 0..a.pairs * 2 {
+        let (target, gate, room) = (target.clone(), gate.clone(), format!("{}{}", a.room, i / 2));
+        joins.push(tokio::spawn(async move {
+            let _p = gate.acquire().await.unwrap();
+            target.connect(i, &format!("d{i}"), &room).await
+        }));
+    }
+    let mut senders = Vec::new();
+    let mut connected = 0;
+    for (i, j) in joins.into_iter().enumerate() {
+        let ws = match j.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(ws) => ws,
+            Err(e) => {
+                eprintln!("could not connect client {i}: {e}");
+                return false;
+            }
+        };
+        connected += 1;
+        let (sink, stream) = ws.split();
+        let (stats, stop) = (stats.clone(), stop.clone());
+        if i % 2 == 0 {
+            senders.push(sink);
+            tokio::spawn(read_into(stream, stats, stop, epoch));
+        } else {
+            tokio::spawn(async move {
+                let _sink = sink;
+                read_into(stream, stats, stop, epoch).await
+            });
+        }
+    }
+    let mut room = Room {
+        senders,
+        stats,
+        stop,
+        epoch,
+        connected,
+        fanout: 1,
+    };
+    println!(
+        "direct: {} rooms of 2, {} msg/s over all, {} B messages",
+        a.pairs, a.rate, a.size
+    );
+    let base = BroadcastArgs {
+        clients: connected,
+        senders: a.pairs,
+        size: a.size,
+        rate: a.rate,
+        duration_secs: a.duration_secs,
+        warmup_secs: a.warmup_secs,
+        room: a.room.clone(),
+    };
+    let r = run_step(&mut room, &base, 0, a.rate, target.server_pid).await;
+    print_step(&r);
+    room.stop.store(true, Ordering::Relaxed);
+    println!("RESULT {}", r.json(target.server_pid.and_then(rss_kib)));
+    true
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    base: BroadcastArgs,
+    /// Extra clients joining the room per second, each leaving again `stay_ms` later (so as
+    /// many leave per second as join).
+    #[arg(long, default_value_t = 50.0)]
+    joins_per_sec: f64,
+    #[arg(long, default_value_t = 1000)]
+    stay_ms: u64,
+}
+
+/// The broadcast shape with presence churn on top: clients keep joining and leaving the room
+/// while it is measured. Compare its p99 with `broadcast` at the same rate.
+pub async fn churn(target: Arc<Target>, a: ChurnArgs) -> bool {
+    let mut room = match fill_room(&target, &a.base, 2).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("could not fill the room: {e}");
+            return false;
+        }
+    };
+    println!(
+        "churn: {} clients, {} senders, {} B messages, {} joins and leaves per second",
+        room.connected, a.base.senders, a.base.size, a.joins_per_sec
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let joined = Arc::new(AtomicU64::new(0));
+    let churner = {
+        let (target, stop, joined, room_name) = (
+            target.clone(),
+            stop.clone(),
+            joined.clone(),
+            a.base.room.clone(),
+        );
+        let every = Duration::from_secs_f64(1.0 / a.joins_per_sec.max(0.1));
+        let stay = Duration::from_millis(a.stay_ms);
+        let first = a.base.clients;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (target, joined, room_name) =
+                    (target.clone(), joined.clone(), room_name.clone());
+                let i = first + n;
+                n += 1;
+                tokio::spawn(async move {
+                    if let Ok(mut ws) = target.connect(i, &format!("c{i}"), &room_name).await {
+                        joined.fetch_add(1, Ordering::Relaxed);
+                        let _ = tokio::time::timeout(stay, async {
+                            while let Some(Ok(_)) = ws.next().await {}
+                        })
+                        .await;
+                        let _ = ws.close(None).await;
+                    }
+                });
+            }
+        })
+    };
+    let r = run_step(&mut room, &a.base, 0, a.base.rate, target.server_pid).await;
+    stop.store(true, Ordering::Relaxed);
+    churner.abort();
+    print_step(&r);
+    println!(
+        "  {} churn clients joined and left",
+        joined.load(Ordering::Relaxed)
+    );
+    room.stop.store(true, Ordering::Relaxed);
+    println!("RESULT {}", r.json(target.server_pid.and_then(rss_kib)));
+    true
 }

@@ -82,6 +82,10 @@ enum Mode {
     Idle(bench::IdleArgs),
     /// Full TLS 1.3 handshakes (no resumption) + upgrade + token check per second.
     Handshakes(bench::HandshakeArgs),
+    /// Direct messages: many rooms of two at a total open-loop rate.
+    Direct(bench::DirectArgs),
+    /// Broadcast while clients keep joining and leaving the room (presence churn).
+    Churn(bench::ChurnArgs),
 }
 
 /// Where and how to connect; shared by every simulated client.
@@ -278,6 +282,8 @@ async fn main() {
         Mode::Saturate(args) => bench::saturate(target, args).await,
         Mode::Idle(args) => bench::idle(target, args).await,
         Mode::Handshakes(args) => bench::handshakes(target, args).await,
+        Mode::Direct(args) => bench::direct(target, args).await,
+        Mode::Churn(args) => bench::churn(target, args).await,
     };
     std::process::exit(if ok { 0 } else { 1 });
 }
