@@ -210,6 +210,7 @@ pub async fn run(
     info!("listening on {addr}");
     demo_banner(&shared.config, addr);
     tokio::spawn(reload_on_sighup(certs));
+    let presence_task = presence.then(|| tokio::spawn(presence_tick(shared.engine.rooms.clone())));
     on_bound(addr);
     server::serve(
         shared,
@@ -222,7 +223,26 @@ pub async fn run(
     if let Some(t) = metrics_task {
         t.abort();
     }
+    if let Some(t) = presence_task {
+        t.abort();
+    }
     Ok(())
+}
+
+/// How long a join or leave may wait for company: frames waiting in a room go out with its
+/// next message, or at this tick when the room is quiet.
+const PRESENCE_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Send every room's waiting join and leave frames, each tick.
+async fn presence_tick(rooms: Arc<room::Rooms>) {
+    let mut tick = tokio::time::interval(PRESENCE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for room in rooms.all() {
+            room.flush_presence();
+        }
+    }
 }
 
 /// With the demo config, say once what to do next. The demo tokens are published in the README

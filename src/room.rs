@@ -193,6 +193,18 @@ struct Seat {
     outbox: Arc<Outbox>,
     user: Arc<str>,
     role: Role,
+    /// The presence frames numbered up to this were already reflected in its welcome.
+    presence_from: u64,
+}
+
+/// A join or leave frame waiting to go out with the room's next frame or tick.
+#[derive(Debug)]
+struct PresenceOut {
+    /// Numbers the frames of a room, so a member that arrived after one is not sent it.
+    n: u64,
+    /// The connection it is about, which is not sent it.
+    origin: ConnId,
+    frame: Message,
 }
 
 #[derive(Debug)]
@@ -220,6 +232,11 @@ struct RoomState {
     pending: std::collections::VecDeque<Pending>,
     /// Names each write so a late answer for one already refused is recognised.
     tickets: u64,
+    /// Join and leave frames not sent yet: they go out together, just before the room's next
+    /// frame or at the next presence tick ([`Room::flush_presence`]), so a member's writer
+    /// wakes once for many of them (a join storm) or for one with a message, not once each.
+    presence_out: Vec<PresenceOut>,
+    presence_seq: u64,
 }
 
 /// How a message handed to the store ended: the stored event and, for the connection that
@@ -264,6 +281,8 @@ impl RoomState {
             log,
             pending: std::collections::VecDeque::new(),
             tickets: 0,
+            presence_out: Vec::new(),
+            presence_seq: 0,
         })
     }
 
@@ -299,8 +318,35 @@ impl RoomState {
         true
     }
 
-    /// Queue `msg` for every member but `from`.
-    fn deliver(&self, from: ConnId, msg: Message, seq: u64) -> Fanout {
+    /// Queue a join or leave frame about connection `origin` (see `presence_out`).
+    fn announce(&mut self, origin: ConnId, frame: Message) {
+        self.presence_seq += 1;
+        self.presence_out.push(PresenceOut {
+            n: self.presence_seq,
+            origin,
+            frame,
+        });
+    }
+
+    /// Send the waiting join and leave frames, in order, each to the members that were
+    /// there before it and are not its subject.
+    fn flush_presence(&mut self) {
+        if self.presence_out.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.presence_out);
+        for (id, seat) in &self.members {
+            for p in &out {
+                if *id != p.origin && p.n > seat.presence_from {
+                    seat.outbox.push(p.frame.clone());
+                }
+            }
+        }
+    }
+
+    /// Queue `msg` for every member but `from`, after any presence frames still waiting.
+    fn deliver(&mut self, from: ConnId, msg: Message, seq: u64) -> Fanout {
+        self.flush_presence();
         let mut out = Fanout {
             seq,
             queued: 0,
@@ -529,7 +575,16 @@ impl Room {
             // A connection of theirs is still here (it arrived after the leave was decided);
             // its own arrival will be announced.
         }
-        st.deliver(origin.unwrap_or(0), frame, 0);
+        st.announce(origin.unwrap_or(0), frame);
+    }
+
+    /// Send the join and leave frames waiting since the room's last frame (the presence
+    /// tick calls this).
+    pub fn flush_presence(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush_presence();
     }
 
     /// The durable writer and the shared store behind this room's log, if any.
@@ -836,7 +891,7 @@ impl Rooms {
                 Some(_) => {}
                 None if arrived && self.presence => {
                     let frame = ServerFrame::Join { user, ts: now_ms() };
-                    st.deliver(id, Message::text(frame.to_json()), 0);
+                    st.announce(id, Message::text(frame.to_json()));
                 }
                 None => {}
             }
@@ -845,6 +900,7 @@ impl Rooms {
                 outbox,
                 user: user.into(),
                 role,
+                presence_from: st.presence_seq,
             };
             st.members.insert(id, seat);
         }
@@ -989,7 +1045,7 @@ impl Drop for Membership {
                     user: &self.user,
                     ts: now_ms(),
                 };
-                st.deliver(self.id, Message::text(frame.to_json()), 0);
+                st.announce(self.id, Message::text(frame.to_json()));
             }
         }
         self.rooms.drop_if_unused(&mut rooms, &self.room);
@@ -1107,6 +1163,59 @@ mod tests {
             join(&strict, "other", 7, ob()).unwrap_err(),
             JoinError::Unavailable
         );
+    }
+
+    #[test]
+    fn presence_frames_go_out_with_the_next_frame_and_skip_what_a_welcome_showed() {
+        let rooms = Rooms::new(
+            &RoomsConfig {
+                max_members: 10,
+                ..cfg(false)
+            },
+            Arc::new(MemoryStore { retain: 0 }),
+            true,
+        )
+        .unwrap();
+        let enter = |id: ConnId, user: &str| {
+            let (o, rx) = Outbox::new(1 << 16);
+            let m = rooms.join(
+                rooms.reserve("lobby").unwrap(),
+                id,
+                user,
+                Role::Member,
+                o,
+                |_, _, _| {},
+            );
+            (m, rx)
+        };
+        let (alice, mut ra) = enter(1, "alice");
+        let (_bob, mut rb) = enter(2, "bob");
+        // bob's join waits: alice's writer is not woken for it alone.
+        assert!(texts(&mut ra).is_empty());
+        let (_carol, mut rc) = enter(3, "carol");
+        say(&alice, "m");
+        let who = |frames: Vec<String>| -> Vec<String> {
+            frames
+                .iter()
+                .map(|f| {
+                    let v: serde_json::Value = serde_json::from_str(f).unwrap_or_default();
+                    match v["type"].as_str() {
+                        Some(t) => format!("{t} {}", v["user"].as_str().unwrap_or("")),
+                        None => f.clone(),
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(who(texts(&mut ra)), ["join bob", "join carol"]);
+        // bob is not told of his own join; carol's welcome already listed bob.
+        assert_eq!(who(texts(&mut rb)), ["join carol", "m1"]);
+        assert_eq!(who(texts(&mut rc)), ["m1"]);
+        // A quiet room: the tick sends them.
+        drop(_carol);
+        assert!(texts(&mut ra).is_empty());
+        rooms.get("lobby").unwrap().flush_presence();
+        assert_eq!(who(texts(&mut ra)), ["leave carol"]);
+        assert_eq!(who(texts(&mut rb)), ["leave carol"]);
     }
 
     #[test]
