@@ -24,23 +24,29 @@ ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
 make_test_ca "$WORK"
-load_config "$WORK" '["bench"]' 20000 "messages_per_second = 1000000
+ROOMS=$(python3 -c "print('[' + ', '.join(['\"bench\"'] + ['\"dm%d\"' % i for i in range(5000)]) + ']')")
+load_config "$WORK" "$ROOMS" 20000 "messages_per_second = 1000000
 burst = 1000000
-handshakes_per_minute_per_ip = 1000000"
+handshakes_per_minute_per_ip = 1000000" 5100
 start_server "taskset -c 0 target/profiling/wss-chat" "$WORK/config.toml" "$WORK/server.log"
 case $MODE in
   broadcast) args=(broadcast --clients 1000 --senders 10 --size 128 --rate 100 --duration-secs $((SECS + 6))) ;;
   idle) args=(idle --clients 5000) ;;
   handshakes) args=(handshakes --duration-secs $((SECS + 4))) ;;
   handshakes-x25519) args=(--classic-kx handshakes --duration-secs $((SECS + 4))) ;;
+  direct) args=(direct --pairs 5000 --rate 2000 --duration-secs $((SECS + 6))) ;;
   *) echo "unknown mode $MODE"; exit 2 ;;
 esac
 taskset -c 1 target/profiling/loadgen --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
-  --server-pid "$SERVER_PID" --source-ips 100 --secret-file "$WORK/jwt-secret" "${args[@]}" \
+  --server-pid "$SERVER_PID" --source-ips 400 --secret-file "$WORK/jwt-secret" "${args[@]}" \
   > "$WORK/load.log" 2>&1 &
 LOAD=$!
-# Record once the room is full and the load runs (the broadcast's warm-up is 2 s).
-sleep "${DELAY:-6}"
+# Record once the clients are connected (the load generator says so) and the warm-up is over.
+for _ in $(seq 1 600); do
+  grep -qE '^(broadcast|direct|churn|saturation|handshakes|idle)' "$WORK/load.log" && break
+  sleep 0.5
+done
+sleep "${DELAY:-3}"
 perf record -F 997 -g --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf.data" -- sleep "$SECS" 2> "$WORK/perf.log"
 wait $LOAD || true
 sed 's/^/   /' "$WORK/load.log"

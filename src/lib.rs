@@ -239,9 +239,7 @@ async fn presence_tick(rooms: Arc<room::Rooms>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for room in rooms.all() {
-            room.flush_presence();
-        }
+        rooms.flush_presence();
     }
 }
 

@@ -391,7 +391,15 @@ pub struct Fanout {
 pub struct Room {
     pub name: Arc<str>,
     state: Mutex<RoomState>,
+    /// Set while the room is on `waiting`, the list of rooms with presence frames to send.
+    presence_waiting: AtomicBool,
+    waiting: Arc<Waiting>,
 }
+
+/// The rooms with join or leave frames waiting, for the presence tick: it visits only these,
+/// not every room (with thousands of quiet rooms, visiting all cost a busy core while idle).
+#[derive(Debug, Default)]
+pub struct Waiting(Mutex<Vec<std::sync::Weak<Room>>>);
 
 impl Room {
     /// Append an event to the room's log and deliver it to every member but `from`. `encode`
@@ -565,7 +573,14 @@ impl Room {
 
     /// A join or leave published by the shared store: the list follows it, and every member
     /// here but `origin` (the connection that joined) is sent `frame`.
-    pub fn presence_event(&self, joined: bool, user: &str, origin: Option<ConnId>, frame: Message) {
+    pub fn presence_event(
+        self: &Arc<Self>,
+        joined: bool,
+        user: &str,
+        origin: Option<ConnId>,
+        frame: Message,
+    ) {
+        self.mark_waiting();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if joined {
             st.users.entry(user.to_string()).or_insert(0);
@@ -578,8 +593,18 @@ impl Room {
         st.announce(origin.unwrap_or(0), frame);
     }
 
-    /// Send the join and leave frames waiting since the room's last frame (the presence
-    /// tick calls this).
+    /// Put the room on the presence tick's list (once, until the tick visits it).
+    fn mark_waiting(self: &Arc<Self>) {
+        if !self.presence_waiting.swap(true, Ordering::AcqRel) {
+            self.waiting
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(self));
+        }
+    }
+
+    /// Send the join and leave frames waiting since the room's last frame.
     pub fn flush_presence(&self) {
         self.state
             .lock()
@@ -755,6 +780,7 @@ pub struct Rooms {
     presence: bool,
     /// Bans and mutes in force, kept here rather than in a room so they outlive it.
     pub sanctions: Sanctions,
+    waiting: Arc<Waiting>,
 }
 
 impl Rooms {
@@ -765,6 +791,7 @@ impl Rooms {
         presence: bool,
     ) -> Result<Arc<Rooms>, String> {
         let mut rooms = HashMap::new();
+        let waiting = Arc::new(Waiting::default());
         for n in &cfg.names {
             let log = store
                 .open(n)
@@ -772,6 +799,8 @@ impl Rooms {
             let room = Arc::new(Room {
                 name: n.as_str().into(),
                 state: RoomState::new(log, store.as_ref()),
+                presence_waiting: AtomicBool::new(false),
+                waiting: waiting.clone(),
             });
             room.load_presence(presence)
                 .map_err(|e| format!("room {n}: cannot read who is present: {}", e.0))?;
@@ -786,6 +815,7 @@ impl Rooms {
             store,
             presence,
             sanctions: Sanctions::default(),
+            waiting,
         }))
     }
 
@@ -852,6 +882,8 @@ impl Rooms {
         let r = Arc::new(Room {
             name: name.into(),
             state: RoomState::new(log, self.store.as_ref()),
+            presence_waiting: AtomicBool::new(false),
+            waiting: self.waiting.clone(),
         });
         r.load_presence(self.presence)
             .map_err(|_| JoinError::Unavailable)?;
@@ -892,6 +924,7 @@ impl Rooms {
                 None if arrived && self.presence => {
                     let frame = ServerFrame::Join { user, ts: now_ms() };
                     st.announce(id, Message::text(frame.to_json()));
+                    room.mark_waiting();
                 }
                 None => {}
             }
@@ -938,6 +971,16 @@ impl Rooms {
             r.apply(&s.action, &s.by, s.ts, origin);
         }
         true
+    }
+
+    /// Send the join and leave frames of every room that has some waiting (the presence tick).
+    pub fn flush_presence(&self) {
+        let rooms = std::mem::take(&mut *self.waiting.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for room in rooms.iter().filter_map(std::sync::Weak::upgrade) {
+            // Cleared first: a frame queued meanwhile puts the room back on the list.
+            room.presence_waiting.store(false, Ordering::Release);
+            room.flush_presence();
+        }
     }
 
     /// Whether this node knows every user present in `room`: always with a store of this
@@ -1046,6 +1089,7 @@ impl Drop for Membership {
                     ts: now_ms(),
                 };
                 st.announce(self.id, Message::text(frame.to_json()));
+                self.room.mark_waiting();
             }
         }
         self.rooms.drop_if_unused(&mut rooms, &self.room);
