@@ -417,14 +417,14 @@ impl Engine {
                 }
                 Err(_) => {
                     let r = Rejection::Unavailable;
-                    metrics.dropped(r.code().as_str());
-                    let frame = ServerFrame::Error {
-                        code: r.code(),
-                        message: r.message(),
-                        id: id.as_deref(),
-                        retry_after_ms: None,
-                    };
-                    outbox.push(Message::text(frame.to_json()));
+                    refuse(
+                        &outbox,
+                        &metrics,
+                        r.code(),
+                        r.message(),
+                        id.as_deref(),
+                        None,
+                    );
                 }
             })
         };
@@ -594,6 +594,25 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Queue an error frame for a refused request (counted as dropped, by its code).
+pub fn refuse(
+    outbox: &Outbox,
+    metrics: &Metrics,
+    code: ErrorCode,
+    message: &str,
+    id: Option<&str>,
+    retry_after_ms: Option<u64>,
+) {
+    metrics.dropped(code.as_str());
+    let frame = ServerFrame::Error {
+        code,
+        message,
+        id,
+        retry_after_ms,
+    };
+    outbox.push(Message::text(frame.to_json()));
 }
 
 fn count_fanout(m: &Metrics, fanout: &Fanout) {

@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use crate::engine::{Member, Moderator};
+use crate::engine::{refuse, Member, Moderator};
 use crate::handshake::Admitted;
 use crate::limits::Verdict;
 use crate::moderation::Action;
@@ -384,14 +384,9 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
         let id = parsed.as_ref().ok().and_then(ClientFrame::id);
         shared.metrics.messages_received.inc();
         let reply_error = |code: ErrorCode, message: &str, retry: Option<Duration>| {
-            shared.metrics.dropped(code.as_str());
-            let frame = ServerFrame::Error {
-                code,
-                message,
-                id: id.filter(|i| i.chars().count() <= MAX_ID_CHARS),
-                retry_after_ms: retry.map(|d| d.as_millis().max(1) as u64),
-            };
-            outbox.push(Message::text(frame.to_json()));
+            let id = id.filter(|i| i.chars().count() <= MAX_ID_CHARS);
+            let retry = retry.map(|d| d.as_millis().max(1) as u64);
+            refuse(outbox, &shared.metrics, code, message, id, retry);
         };
         match charge(&mut limiter, shared, user) {
             Ok(None) => {}
@@ -465,16 +460,14 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
                     Ok(frame) => {
                         out.push(frame);
                     }
-                    Err(refusal) => {
-                        metrics.dropped(refusal.code().as_str());
-                        let frame = ServerFrame::Error {
-                            code: refusal.code(),
-                            message: refusal.message(),
-                            id: reply_id.as_deref(),
-                            retry_after_ms: None,
-                        };
-                        out.push(Message::text(frame.to_json()));
-                    }
+                    Err(refusal) => refuse(
+                        &out,
+                        &metrics,
+                        refusal.code(),
+                        refusal.message(),
+                        reply_id.as_deref(),
+                        None,
+                    ),
                 }),
             );
             continue;

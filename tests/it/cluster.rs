@@ -548,16 +548,6 @@ fn moderated_node(redis: &Redis) -> Server {
     })
 }
 
-/// The next frame that is not a chat message.
-async fn next_other(ws: &mut Ws) -> Value {
-    loop {
-        let v = recv_json(ws).await;
-        if v["type"] != "message" {
-            return v;
-        }
-    }
-}
-
 #[tokio::test]
 async fn mutes_bans_and_deletions_hold_on_every_node_and_on_one_started_later() {
     let redis = Redis::start();
@@ -574,7 +564,7 @@ async fn mutes_bans_and_deletions_hold_on_every_node_and_on_one_started_later() 
             json!({"type":"message","text":format!("m{i}"),"id":format!("m{i}")}),
         )
         .await;
-        assert_eq!(next_other(&mut bob).await["seq"], i);
+        assert_eq!(next_non_message(&mut bob).await["seq"], i);
     }
     assert_eq!(messages(&mut alice, 2).await.len(), 2);
     assert_eq!(messages(&mut carol, 2).await.len(), 2);
@@ -584,27 +574,30 @@ async fn mutes_bans_and_deletions_hold_on_every_node_and_on_one_started_later() 
         json!({"type":"mute","user":"bob","seconds":30,"id":"m"}),
     )
     .await;
-    assert_eq!(next_other(&mut alice).await["action"], "mute");
-    assert_eq!(next_other(&mut carol).await["action"], "mute");
-    assert_eq!(next_other(&mut bob).await["action"], "mute");
+    assert_eq!(next_non_message(&mut alice).await["action"], "mute");
+    assert_eq!(next_non_message(&mut carol).await["action"], "mute");
+    assert_eq!(next_non_message(&mut bob).await["action"], "mute");
     send_json(
         &mut bob,
         json!({"type":"message","text":"hello?","id":"b3"}),
     )
     .await;
-    assert_eq!(next_other(&mut bob).await["code"], "muted");
+    assert_eq!(next_non_message(&mut bob).await["code"], "muted");
     // A deletion on A: members on B are told, and the text leaves Redis.
     send_json(&mut alice, json!({"type":"delete","seq":1,"id":"d"})).await;
     // The moderator's answer and the deletion it also receives come by different paths.
-    let mut got = [next_other(&mut alice).await, next_other(&mut alice).await]
-        .map(|v| v["type"].as_str().unwrap().to_string());
+    let mut got = [
+        next_non_message(&mut alice).await,
+        next_non_message(&mut alice).await,
+    ]
+    .map(|v| v["type"].as_str().unwrap().to_string());
     got.sort();
     assert_eq!(got, ["deleted", "moderation"]);
     assert_eq!(
-        next_other(&mut carol).await,
+        next_non_message(&mut carol).await,
         json!({"type":"deleted","seq":1,"by":"alice"})
     );
-    assert_eq!(next_other(&mut carol).await["action"], "delete");
+    assert_eq!(next_non_message(&mut carol).await["action"], "delete");
     let mut con = redis.connection().unwrap();
     let dump: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg("wss-chat:{lobby}:stream")
@@ -642,14 +635,14 @@ async fn mutes_bans_and_deletions_hold_on_every_node_and_on_one_started_later() 
         json!({"type":"message","text":"via c","id":"b4"}),
     )
     .await;
-    assert_eq!(next_other(&mut bob_c).await["code"], "muted");
+    assert_eq!(next_non_message(&mut bob_c).await["code"], "muted");
     // A kick on A closes bob's lobby connections on B and C, and keeps him out of both.
     send_json(
         &mut alice,
         json!({"type":"kick","user":"bob","reason":"enough","id":"k"}),
     )
     .await;
-    assert_eq!(next_other(&mut alice).await["action"], "kick");
+    assert_eq!(next_non_message(&mut alice).await["action"], "kick");
     for ws in [&mut bob, &mut bob_c] {
         assert_eq!(
             expect_close(ws).await,

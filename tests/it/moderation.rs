@@ -36,16 +36,6 @@ fn server(change: impl FnOnce(&mut Config)) -> Server {
     })
 }
 
-/// The next frame that is not a message (acks, errors, moderation...).
-async fn next_non_message(ws: &mut Ws) -> Value {
-    loop {
-        let v = recv_json(ws).await;
-        if v["type"] != "message" {
-            return v;
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_welcome_says_the_role_and_a_reader_cannot_post_or_moderate() {
     let s = server(|_| {});

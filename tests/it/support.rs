@@ -464,6 +464,16 @@ pub async fn recv_json(ws: &mut Ws) -> Value {
     }
 }
 
+/// The next frame that is not a chat message (acks, errors, moderation, presence...).
+pub async fn next_non_message(ws: &mut Ws) -> Value {
+    loop {
+        let v = recv_json(ws).await;
+        if v["type"] != "message" {
+            return v;
+        }
+    }
+}
+
 pub async fn send_json(ws: &mut Ws, v: Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
