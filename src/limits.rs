@@ -15,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::clock::Clock;
+use governor::clock::{Clock, QuantaClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -34,6 +34,10 @@ pub struct Limits {
     /// Handshakes per source address (IPv6 grouped by /64, which one host usually owns).
     handshakes: DefaultKeyedRateLimiter<IpAddr>,
     max_violations: u32,
+    /// One clock for every connection's limiter: making a clock reads CPUID and calibrates,
+    /// which cost ~10 % of a whole TLS handshake when each connection made its own
+    /// (bench/profile.sh handshakes-x25519); a clone copies the calibration.
+    clock: QuantaClock,
 }
 
 impl std::fmt::Debug for Limits {
@@ -59,13 +63,14 @@ impl Limits {
             per_user: RateLimiter::keyed(message_quota),
             handshakes: RateLimiter::keyed(Quota::per_minute(hs).allow_burst(hs)),
             max_violations: cfg.max_violations,
+            clock: QuantaClock::default(),
         }
     }
 
     /// A fresh limiter for one connection.
     pub fn connection(&self) -> ConnectionLimiter {
         ConnectionLimiter {
-            limiter: RateLimiter::direct(self.message_quota),
+            limiter: RateLimiter::direct_with_clock(self.message_quota, self.clock.clone()),
             window_start: Instant::now(),
             violations: 0,
             max_violations: self.max_violations,
