@@ -452,7 +452,7 @@ impl Engine {
             return Err(Rejection::Forbidden);
         }
         let sanctions = &self.rooms.sanctions;
-        if sanctions.remaining(&room.name, from, Kind::Ban).is_some() && !author.via_api {
+        if !author.via_api && sanctions.remaining(&room.name, from, Kind::Ban).is_some() {
             return Err(Rejection::Forbidden);
         }
         if let Some(ms) = sanctions.remaining(&room.name, from, Kind::Mute) {
