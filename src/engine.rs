@@ -280,7 +280,7 @@ impl Engine {
     pub fn join(
         &self,
         reservation: Reservation,
-        identity: Identity,
+        mut identity: Identity,
         resume: Option<Resume>,
     ) -> (Member, OutboxReader) {
         let (outbox, rx) = Outbox::new(self.outbound_queue_bytes);
@@ -291,6 +291,10 @@ impl Engine {
         let budget = self.outbound_queue_bytes / 2;
         let max_listed = self.max_listed;
         let role = identity.role(&room_name);
+        // The token's room list and roles were for the gate and this join; a signed token may
+        // list many rooms, and a connection would otherwise hold them for its whole life.
+        identity.rooms = None;
+        identity.roles = None;
         let membership = self.rooms.join(
             reservation,
             next_conn_id(),
