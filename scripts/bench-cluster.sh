@@ -9,16 +9,11 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 REPEATS=${REPEATS:-3}
-need_redis
-cargo build --release --locked --workspace
-ulimit -n "$(ulimit -Hn)"
-with_work
-make_test_ca "$WORK"
+cluster_prologue
 for r in $(seq 1 "$REPEATS"); do
   REDIS_PORT=$(free_port)
   rm -rf "$WORK/appendonlydir"
   start_redis "$WORK" "$REDIS_PORT" 0
-  PIDS+=("$REDIS_PID")
   load_config "$WORK" '["bench"]' 6000 "messages_per_second = 1000000
 burst = 1000000
 handshakes_per_minute_per_ip = 1000000"

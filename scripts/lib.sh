@@ -112,8 +112,8 @@ need_redis() {
 
 # start_redis DIR PORT [CPUS]: redis-server on 127.0.0.1:PORT, its password in DIR/redis-password
 # (made if missing) and its data in DIR, every write in the append-only file before it is
-# answered, as README advises; pinned to CPUS when given. Sets REDIS_PID and exports
-# REDISCLI_AUTH for redis-cli.
+# answered, as README advises; pinned to CPUS when given. Sets REDIS_PID (also added to PIDS,
+# so with_work stops it) and exports REDISCLI_AUTH for redis-cli.
 start_redis() {
   local d=$1 port=$2 cpus=${3:-}
   [ -f "$d/redis-password" ] || head -c 24 /dev/urandom | base64 > "$d/redis-password"
@@ -123,6 +123,7 @@ start_redis() {
     --requirepass "$REDISCLI_AUTH" --dir "$d" --save "" --appendonly yes --appendfsync always \
     --maxmemory-policy noeviction > "$d/redis.log" 2>&1 &
   REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
   for _ in $(seq 1 100); do
     redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
     sleep 0.1
@@ -140,6 +141,16 @@ with_work() {
   trap cleanup_work EXIT
   trap 'exit 130' INT TERM
 }
+# cluster_prologue: what every cluster script does first: redis-server installed, a release
+# build, the open-file limit raised, a WORK dir (with_work) holding a test CA.
+cluster_prologue() {
+  need_redis
+  cargo build --release --locked --workspace
+  ulimit -n "$(ulimit -Hn)"
+  with_work
+  make_test_ca "$WORK"
+}
+
 cleanup_work() {
   local p all
   all="${PIDS[*]} $(cat "$WORK"/*.pid 2>/dev/null || true)"

@@ -12,19 +12,13 @@ cd "$(dirname "$0")/.."
 NODES=${NODES:-5}
 CLIENTS=${CLIENTS:-19000}
 ROOMS=${ROOMS:-1000}
-need_redis
-cargo build --release --locked --workspace
-ulimit -n "$(ulimit -Hn)"
-with_work
-
-make_test_ca "$WORK"
+cluster_prologue
 REDIS_PORT=$(free_port)
 start_redis "$WORK" "$REDIS_PORT"
-PIDS+=("$REDIS_PID")
 redis_before=$(redis-cli -p "$REDIS_PORT" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
 
-load_config "$WORK" '[]' 20000 "handshakes_per_minute_per_ip = 1000000"
-sed -i 's/^max_members = .*/max_members = 20000\nauto_create = true\nmax_rooms = 5000/' "$WORK/config.toml"
+load_config "$WORK" '[]' 20000 "handshakes_per_minute_per_ip = 1000000" 5000
+sed -i 's/^max_members = .*/&\nauto_create = true/' "$WORK/config.toml"
 cat >> "$WORK/config.toml" <<CONF
 [history]
 store = "redis"

@@ -17,15 +17,9 @@ args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   [ "${args[$i]}" = --duration-secs ] && DURATION=${args[$((i + 1))]}
 done
-need_redis
-cargo build --release --locked --workspace
-ulimit -n "$(ulimit -Hn)"
-with_work
-
-make_test_ca "$WORK"
+cluster_prologue
 REDIS_PORT=$(free_port)
 start_redis "$WORK" "$REDIS_PORT"
-PIDS+=("$REDIS_PID")
 
 load_config "$WORK" '["soak0"]' 20000 "handshakes_per_minute_per_ip = 100000
 messages_per_second = 1000
