@@ -155,13 +155,7 @@ pub fn gate<B>(
         JoinError::Full => Refusal::RoomFull,
     })?;
     // After the reservation: opening the room loads its bans from a shared store.
-    let sanctions = &shared.engine.rooms.sanctions;
-    if sanctions
-        .remaining(room, &identity.user, Kind::Ban)
-        .is_some()
-    {
-        return Err(Refusal::Banned);
-    }
+    not_banned(shared, room, &identity.user)?;
 
     let subprotocol = headers::list_items(h, &SEC_WEBSOCKET_PROTOCOL).any(|p| p == SUBPROTOCOL);
 
@@ -213,14 +207,20 @@ pub fn check<B>(
         .check_handshake(peer.ip())
         .map_err(Refusal::Rate)?;
     let identity = identify(shared, req, room)?;
-    let sanctions = &shared.engine.rooms.sanctions;
-    if sanctions
-        .remaining(room, &identity.user, Kind::Ban)
-        .is_some()
+    not_banned(shared, room, &identity.user)
+}
+
+/// Refused (403) while a moderator's kick keeps `user` out of `room`.
+fn not_banned(shared: &Shared, room: &str, user: &str) -> Result<(), Refusal> {
+    match shared
+        .engine
+        .rooms
+        .sanctions
+        .remaining(room, user, Kind::Ban)
     {
-        return Err(Refusal::Banned);
+        Some(_) => Err(Refusal::Banned),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `since` and `epoch` from the upgrade's query. `since` must be a whole number of digits that

@@ -5,7 +5,8 @@
 //! page (HTML, CSS and JS compiled into the binary, no inline script, so the page carries a
 //! strict Content-Security-Policy); `POST /check/{room}` tells that page whether its upgrade
 //! would be admitted, since a browser cannot read a refused upgrade's status; `/healthz`
-//! answers 200; `/api/...` goes to the HTTP API (api.rs). Anything else is 404. [`route`] is the whole table. Every answer
+//! answers 200; `/api/...` goes to the HTTP API (api.rs). Anything else is 404. [`route`] is
+//! the whole table. Every answer
 //! but a 101 closes the connection, so only an upgrade keeps a socket. The query string is
 //! never logged: it may carry a token.
 

@@ -38,9 +38,9 @@ pub enum Outgoing {
 }
 
 /// One connection's bounded outbound queue: a plain queue under a short lock, which the
-/// writer empties in one step (swapping it with its own, empty one), so neither side allocates
-/// per batch and an idle connection keeps only a few slots. (A tokio channel kept about 2 KiB of blocks per connection, idle or
-/// not: measured with heaptrack at 3,000 connections.)
+/// writer empties in one step (swapping it with its own, empty one), so neither side
+/// allocates per batch and an idle connection keeps only a few slots. (A tokio channel kept
+/// about 2 KiB of blocks per connection, idle or not: heaptrack at 3,000 connections.)
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<VecDeque<Outgoing>>,
@@ -161,6 +161,9 @@ impl Outbox {
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode,
         reason: impl Into<Cow<'static, str>>,
     ) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())

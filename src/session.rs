@@ -400,11 +400,12 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             }
             Err(ending) => return Served::Close(ending),
         }
+        // Every frame's id: echoed in its answer, so bounded before anything else.
+        if id.is_some_and(|i| i.chars().count() > MAX_ID_CHARS) {
+            reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
+            continue;
+        }
         if let Ok(ClientFrame::History { before, limit, .. }) = &parsed {
-            if id.is_some_and(|i| i.chars().count() > MAX_ID_CHARS) {
-                reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
-                continue;
-            }
             if !shared.engine.rooms.ready() {
                 reply_error(
                     ErrorCode::Unavailable,
@@ -423,10 +424,6 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
                     None,
                 ),
             }
-            continue;
-        }
-        if id.is_some_and(|i| i.chars().count() > MAX_ID_CHARS) {
-            reply_error(ErrorCode::BadRequest, "id longer than 64 characters", None);
             continue;
         }
         let action = match &parsed {
