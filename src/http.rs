@@ -59,10 +59,9 @@ pub async fn handle(
                         .handshake_seconds
                         .observe(accepted.elapsed().as_secs_f64());
                     let shared = shared.clone();
+                    // Two tasks: this one waits for the upgrade and ends; the session gets a
+                    // task of its own, so its future carries nothing of the upgrade's.
                     tokio::spawn(async move {
-                        // Holding the guard keeps this connection counted against the caps
-                        // for as long as the session lives.
-                        let _guard = guard;
                         match on_upgrade.await {
                             Ok(upgraded) => {
                                 let ws = WebSocketStream::from_raw_socket(
@@ -71,7 +70,7 @@ pub async fn handle(
                                     Some(shared.ws_config),
                                 )
                                 .await;
-                                session::run(shared, ws, admitted, peer).await;
+                                tokio::spawn(session::run(shared, ws, admitted, peer, guard));
                             }
                             Err(e) => warn!(%peer, error = %e, "upgrade failed after 101"),
                         }

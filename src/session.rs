@@ -35,6 +35,7 @@ use tracing::{debug, info};
 
 use crate::engine::{refuse, Member, Moderator};
 use crate::handshake::Admitted;
+use crate::limits::ConnGuard;
 use crate::limits::Verdict;
 use crate::moderation::Action;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
@@ -97,7 +98,9 @@ impl Closing {
     async fn expired(&self) {
         loop {
             if let Some(deadline) = self.deadline() {
-                return tokio::time::sleep_until(deadline).await;
+                // Boxed: only a closing connection needs this timer, and inline it would
+                // take its space in every connection's future.
+                return Box::pin(tokio::time::sleep_until(deadline)).await;
             }
             self.began.notified().await;
         }
@@ -121,90 +124,107 @@ enum ReadEnd {
     OutOfStep,
 }
 
-/// Serve one upgraded connection until it closes.
-pub async fn run(shared: Arc<Shared>, ws: Ws, admitted: Admitted, peer: SocketAddr) {
+/// Serve one upgraded connection until it closes. The room is joined and the socket split
+/// here, before the future is made: that future is what every connection holds for its whole
+/// life (it is most of an idle connection's memory), and what it captured and moved out of
+/// would keep its space there. `guard` keeps the connection counted against the caps.
+pub fn run(
+    shared: Arc<Shared>,
+    ws: Ws,
+    admitted: Admitted,
+    peer: SocketAddr,
+    guard: Arc<ConnGuard>,
+) -> impl std::future::Future<Output = ()> + Send {
     let started = Instant::now();
     let Admitted {
         identity,
         reservation,
         resume,
-        // Held for as long as the session lives: it counts the connection against its user.
-        user_slot: _user_slot,
+        user_slot,
         ..
     } = admitted;
     let (member, rx) = shared.engine.join(reservation, identity, resume);
-    let room = member.membership.room.clone();
-    let user = member.identity.user.clone();
-    info!(%peer, user = %user, room = %room.name, "connection opened");
-    shared.metrics.connections_open.inc();
+    let (sink, stream) = ws.split();
+    let shutdown = shared.shutdown.clone();
+    // An async block rather than an async fn: a fn's arguments are moved into locals of its
+    // own and would take their space twice; a block's captures are used where they lie.
+    let (mut sink, mut stream, mut shutdown) = (sink, stream, shutdown);
+    async move {
+        // Held for as long as the session lives: counts the connection against its user and
+        // against the server's caps.
+        let _held = (&user_slot, &guard);
+        let room = member.membership.room.clone();
+        let user = member.identity.user.clone();
+        info!(%peer, user = %user, room = %room.name, "connection opened");
+        shared.metrics.connections_open.inc();
 
-    let (mut sink, mut stream) = ws.split();
-    let mut shutdown = shared.shutdown.clone();
-    let closing = Closing {
-        grace: Duration::from_millis(shared.config.server.close_grace_ms),
-        started: OnceLock::new(),
-        began: Notify::new(),
-        sent: AtomicBool::new(false),
-        sent_notify: Notify::new(),
-    };
-    let (failed, out_of_step) = {
-        let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
-        let outbox = &member.outbox;
-        let writer = write_loop(&mut sink, rx, outbox, &closing, &mut shutdown, ping_every);
-        let conn = Conn {
-            shared: &shared,
-            closing: &closing,
-            member: &member,
+        let closing = Closing {
+            grace: Duration::from_millis(shared.config.server.close_grace_ms),
+            started: OnceLock::new(),
+            began: Notify::new(),
+            sent: AtomicBool::new(false),
+            sent_notify: Notify::new(),
         };
-        let reader = read_loop(&mut stream, conn);
-        tokio::pin!(writer);
-        tokio::pin!(reader);
-        let within = |d: Option<tokio::time::Instant>| d.unwrap_or_else(tokio::time::Instant::now);
-        tokio::select! {
-            // A peer that neither reads our Close nor answers it is cut here.
-            _ = closing.expired() => (false, false),
-            // The writer ends once it has sent a Close (or cannot write): let the reader
-            // discard input until the peer's Close or the deadline.
-            sent = &mut writer => {
-                if sent {
-                    let _ = tokio::time::timeout_at(within(closing.deadline()), &mut reader).await;
+        let (failed, out_of_step) = {
+            let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
+            let outbox = &member.outbox;
+            let writer = write_loop(&mut sink, rx, outbox, &closing, &mut shutdown, ping_every);
+            let conn = Conn {
+                shared: &shared,
+                closing: &closing,
+                member: &member,
+            };
+            let reader = read_loop(&mut stream, conn);
+            tokio::pin!(writer);
+            tokio::pin!(reader);
+            let within =
+                |d: Option<tokio::time::Instant>| d.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                // A peer that neither reads our Close nor answers it is cut here.
+                _ = closing.expired() => (false, false),
+                // The writer ends once it has sent a Close (or cannot write): let the reader
+                // discard input until the peer's Close or the deadline.
+                sent = &mut writer => {
+                    if sent {
+                        let _ = tokio::time::timeout_at(within(closing.deadline()), &mut reader).await;
+                    }
+                    (!sent, false)
                 }
-                (!sent, false)
+                read = &mut reader => {
+                    // The peer closed, or the reader asked for a Close: the writer sends what is
+                    // queued, then the Close, within the deadline. After the peer's Close it only
+                    // flushes tungstenite's reply.
+                    let deadline = closing.begin(Ending { code: CloseCode::Normal, reason: "client closed".into() });
+                    outbox.close(CloseCode::Normal, "client closed");
+                    let sent = tokio::time::timeout_at(deadline, &mut writer).await;
+                    (sent == Ok(false), matches!(read, ReadEnd::OutOfStep))
+                }
             }
-            read = &mut reader => {
-                // The peer closed, or the reader asked for a Close: the writer sends what is
-                // queued, then the Close, within the deadline. After the peer's Close it only
-                // flushes tungstenite's reply.
-                let deadline = closing.begin(Ending { code: CloseCode::Normal, reason: "client closed".into() });
-                outbox.close(CloseCode::Normal, "client closed");
-                let sent = tokio::time::timeout_at(deadline, &mut writer).await;
-                (sent == Ok(false), matches!(read, ReadEnd::OutOfStep))
-            }
+        };
+        let ending = closing.ending().unwrap_or(Ending {
+            code: CloseCode::Abnormal,
+            reason: "connection lost".into(),
+        });
+        drop(member);
+        if let Ok(ws) = sink.reunite(stream) {
+            // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
+            // session's future for the connection's whole life.
+            Box::pin(finish(ws, closing.deadline(), failed, out_of_step)).await;
         }
-    };
-    let ending = closing.ending().unwrap_or(Ending {
-        code: CloseCode::Abnormal,
-        reason: "connection lost".into(),
-    });
-    drop(member);
-    if let Ok(ws) = sink.reunite(stream) {
-        // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
-        // session's future for the connection's whole life.
-        Box::pin(finish(ws, closing.deadline(), failed, out_of_step)).await;
+        shared.metrics.connections_open.dec();
+        if ending.code == close::TRY_AGAIN_LATER {
+            shared.metrics.slow_consumers_closed.inc();
+        }
+        info!(
+            %peer,
+            user = %user,
+            room = %room.name,
+            code = u16::from(ending.code),
+            reason = ending.reason.as_ref(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "connection closed"
+        );
     }
-    shared.metrics.connections_open.dec();
-    if ending.code == close::TRY_AGAIN_LATER {
-        shared.metrics.slow_consumers_closed.inc();
-    }
-    info!(
-        %peer,
-        user = %user,
-        room = %room.name,
-        code = u16::from(ending.code),
-        reason = ending.reason.as_ref(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "connection closed"
-    );
 }
 
 /// The end of the closing handshake on the socket itself: after a frame we could not parse,
@@ -308,20 +328,14 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
     let echo = shared.config.server.echo_mode;
     let mut limiter = shared.limits.connection();
     let idle = Duration::from_millis(shared.config.server.idle_timeout_ms);
-    // A signed token's expiry, turned into a deadline on the runtime's clock.
+    // A signed token's expiry, turned into a deadline on the runtime's clock. It shares the
+    // idle timeout's timer: one timer fewer in every connection's future.
     let expires = identity.expires_at.map(|exp| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
     });
-    let token_expired = async {
-        match expires {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(token_expired);
     let close = |code, reason: &'static str| {
         Served::Close(Ending {
             code,
@@ -333,13 +347,16 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             return Served::WriterClosing;
         }
         // Any frame, a pong included, proves the peer alive; silence past `idle` does not.
-        let msg = tokio::select! {
-            next = tokio::time::timeout(idle, stream.next()) => match next {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return Served::PeerClosed,
-                Err(_) => return close(close::GOING_AWAY, "idle timeout"),
-            },
-            _ = &mut token_expired => return close(close::POLICY, "token expired"),
+        let idle_at = tokio::time::Instant::now() + idle;
+        let (at, expiry) = match expires {
+            Some(at) if at <= idle_at => (at, true),
+            _ => (idle_at, false),
+        };
+        let msg = match tokio::time::timeout_at(at, stream.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Served::PeerClosed,
+            Err(_) if expiry => return close(close::POLICY, "token expired"),
+            Err(_) => return close(close::GOING_AWAY, "idle timeout"),
         };
         if closing.deadline().is_some() {
             return Served::WriterClosing;
