@@ -29,6 +29,7 @@ pub mod session;
 pub mod sqlite;
 pub mod store;
 pub mod tls;
+pub mod tls_io;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,7 +37,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
@@ -212,14 +212,7 @@ pub async fn run(
     tokio::spawn(reload_on_sighup(certs));
     let presence_task = presence.then(|| tokio::spawn(presence_tick(shared.engine.rooms.clone())));
     on_bound(addr);
-    server::serve(
-        shared,
-        listener,
-        TlsAcceptor::from(tls_config),
-        stop_tx,
-        shutdown,
-    )
-    .await;
+    server::serve(shared, listener, tls_config, stop_tx, shutdown).await;
     if let Some(t) = metrics_task {
         t.abort();
     }

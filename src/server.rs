@@ -18,10 +18,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::limits::{CapCounter, ConnGuard};
+use crate::tls_io::TlsStream;
 use crate::Shared;
 
 /// Largest HTTP request head we read (request line plus headers); past it hyper answers 431.
@@ -39,7 +39,7 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     stop: watch::Sender<bool>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -77,9 +77,9 @@ pub async fn serve(
             continue;
         };
         let shared = shared.clone();
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection(shared, acceptor, tcp, peer, Arc::new(guard)).await;
+            connection(shared, tls, tcp, peer, Arc::new(guard)).await;
         });
     }
     drop(listener);
@@ -101,7 +101,7 @@ pub async fn serve(
 /// TLS, then HTTP until the upgrade, all within the handshake deadline.
 async fn connection(
     shared: Arc<Shared>,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
     guard: Arc<ConnGuard>,
@@ -127,7 +127,7 @@ async fn connection(
         return;
     }
     let tls = tokio::select! {
-        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
+        r = tokio::time::timeout_at(deadline, TlsStream::accept(tls, tcp)) => match r {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "TLS handshake failed");

@@ -1,0 +1,383 @@
+//! The TLS record layer on an accepted socket: rustls's unbuffered server connection driven by
+//! our own buffers, so that an idle connection holds none.
+//!
+//! rustls's buffered `ServerConnection` (what tokio-rustls wraps) keeps a 4 KiB receive buffer
+//! for the connection's whole life once it has read anything: a third of an idle chat
+//! connection's memory. Here the socket is read into a buffer on the stack; only a partial
+//! record is kept (on the heap, freed once the record completes), decrypted data waits only
+//! until the reader takes it, and encrypted output only until the socket takes it.
+//!
+//! Limits: a partial record may not grow past the largest a peer may send (a joined handshake
+//! message during the handshake, one TLS record after it); outgoing bytes are written before
+//! more plaintext is taken, so a peer that does not read holds back our writer rather than
+//! grow a buffer. Errors from rustls (a bad record, a failed handshake) are sent to the peer as
+//! its alert when one is queued, and end the stream with `InvalidData`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Socket reads go through a stack buffer this big (no heap while idle).
+const READ_CHUNK: usize = 8 * 1024;
+/// The most a partial record may hold: a handshake message joined from several records is
+/// capped by rustls at 64 KiB; after the handshake one record is at most 16 KiB + 2 KiB.
+const MAX_PENDING_HANDSHAKE: usize = 0xffff + 5 + 16 * 1024;
+const MAX_PENDING_TRAFFIC: usize = 16 * 1024 + 2048 + 5;
+/// Plaintext taken per write: one full record.
+const WRITE_CHUNK: usize = 16 * 1024;
+
+/// A server-side TLS stream over a TCP socket.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext read but not yet a whole record.
+    incoming: Vec<u8>,
+    /// Decrypted application data, from `taken` on, not yet read.
+    plaintext: Vec<u8>,
+    taken: usize,
+    /// Encrypted bytes, from `sent` on, not yet written to the socket.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// The handshake is over: application data may flow.
+    traffic: bool,
+    /// No more input: the peer's close_notify (or, after it, the end of the stream).
+    read_closed: bool,
+    /// Our close_notify is queued.
+    write_closed: bool,
+}
+
+/// Where processing the buffered input came to rest.
+enum Rest {
+    /// The handshake needs more input.
+    NeedInput,
+    /// Application data may be written; more input is read when wanted.
+    Traffic,
+    /// Both sides have closed.
+    Closed,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl TlsStream {
+    /// Run the TLS handshake on `tcp` (the caller bounds its time).
+    pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+        let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+        let mut s = TlsStream {
+            tcp,
+            conn,
+            incoming: Vec::new(),
+            plaintext: Vec::new(),
+            taken: 0,
+            outgoing: Vec::new(),
+            sent: 0,
+            traffic: false,
+            read_closed: false,
+            write_closed: false,
+        };
+        std::future::poll_fn(|cx| s.poll_handshake(cx)).await?;
+        Ok(s)
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let rest = self.process()?;
+            ready!(self.poll_send(cx))?;
+            match rest {
+                Rest::Traffic => return Poll::Ready(Ok(())),
+                Rest::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Rest::NeedInput => {
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feed what was read to rustls until it needs more input or may send application data:
+    /// decrypted data goes to `plaintext`, anything rustls wants sent to `outgoing`.
+    fn process(&mut self) -> io::Result<Rest> {
+        let Self {
+            tcp,
+            conn,
+            incoming,
+            plaintext,
+            taken,
+            outgoing,
+            sent,
+            traffic,
+            read_closed,
+            ..
+        } = self;
+        loop {
+            let status = conn.process_tls_records(incoming);
+            let discard = status.discard;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    incoming.drain(..discard);
+                    // Queue the alert rustls prepared for the peer, if any, before failing.
+                    loop {
+                        match conn.process_tls_records(incoming).state {
+                            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                                encode(outgoing, |buf| enc.encode(buf))?
+                            }
+                            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                            _ => break,
+                        }
+                    }
+                    // Best effort and without waiting: the stream ends with this error.
+                    let _ = tcp.try_write(&outgoing[*sent..]);
+                    return Err(invalid(e));
+                }
+            };
+            let rest = match state {
+                ConnectionState::ReadTraffic(mut read) => {
+                    while let Some(record) = read.next_record() {
+                        let record = record.map_err(invalid)?;
+                        if *taken == plaintext.len() {
+                            plaintext.clear();
+                            *taken = 0;
+                        }
+                        plaintext.extend_from_slice(record.payload);
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut enc) => {
+                    encode(outgoing, |buf| enc.encode(buf))?;
+                    None
+                }
+                // What was encoded is in `outgoing`, which is written in order before anything
+                // queued after it.
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    None
+                }
+                ConnectionState::PeerClosed => {
+                    *read_closed = true;
+                    None
+                }
+                ConnectionState::Closed => {
+                    *read_closed = true;
+                    Some(Rest::Closed)
+                }
+                ConnectionState::BlockedHandshake => Some(Rest::NeedInput),
+                ConnectionState::WriteTraffic(_) => {
+                    *traffic = true;
+                    Some(Rest::Traffic)
+                }
+                // Early data is never enabled in our config.
+                _ => return Err(invalid("unexpected TLS state")),
+            };
+            incoming.drain(..discard);
+            if let Some(rest) = rest {
+                if incoming.is_empty() {
+                    // Free it: an idle connection keeps no buffer.
+                    *incoming = Vec::new();
+                }
+                return Ok(rest);
+            }
+        }
+    }
+
+    /// Read from the socket into `incoming`; Ready(0) at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let cap = if self.traffic {
+            MAX_PENDING_TRAFFIC
+        } else {
+            MAX_PENDING_HANDSHAKE
+        };
+        let room = cap.saturating_sub(self.incoming.len()).min(READ_CHUNK);
+        if room == 0 {
+            return Poll::Ready(Err(invalid("TLS record too large")));
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk[..room]);
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        self.incoming.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(n))
+    }
+
+    /// Write `outgoing` to the socket; Ready once all of it is written.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        // Freed rather than kept: most connections write rarely.
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Append what `f` encodes to `out`, growing it to the size rustls asks for.
+fn encode(
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> io::Result<()> {
+    let start = out.len();
+    let mut want = 512;
+    loop {
+        out.resize(start + want, 0);
+        match f(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(e)) if e.required_size > want => {
+                want = e.required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(invalid(e));
+            }
+        }
+    }
+}
+
+/// As [`encode`], for encryption.
+fn encrypt(
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    hint: usize,
+) -> io::Result<()> {
+    let start = out.len();
+    let mut want = hint;
+    loop {
+        out.resize(start + want, 0);
+        match f(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(e)) if e.required_size > want => {
+                want = e.required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(invalid(e));
+            }
+        }
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.taken < this.plaintext.len() {
+                let n = buf.remaining().min(this.plaintext.len() - this.taken);
+                buf.put_slice(&this.plaintext[this.taken..this.taken + n]);
+                this.taken += n;
+                if this.taken == this.plaintext.len() {
+                    this.plaintext = Vec::new();
+                    this.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            this.process()?;
+            // What rustls wants sent while reading (a key update's answer, an alert) goes out
+            // when the socket takes it; a full socket does not stop reading.
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if this.taken < this.plaintext.len() || this.read_closed {
+                continue;
+            }
+            if ready!(this.poll_fill(cx))? == 0 {
+                // The socket ended without the peer's close_notify: a truncation, reported as
+                // such (an attacker could otherwise cut a message short unnoticed).
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        // Earlier output first: this is the back-pressure on a peer that does not read.
+        ready!(this.poll_send(cx))?;
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let data = &data[..data.len().min(WRITE_CHUNK)];
+        // Whatever rustls has to do first (a queued handshake message, a record read along
+        // with the last one) is done here; it then rests ready for application data.
+        if !matches!(this.process()?, Rest::Traffic) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let Self {
+            conn,
+            incoming,
+            outgoing,
+            ..
+        } = this;
+        match conn.process_tls_records(incoming).state {
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                encrypt(outgoing, |buf| w.encrypt(data, buf), data.len() + 64)?
+            }
+            Ok(_) => return Poll::Ready(Err(invalid("TLS stream not ready to write"))),
+            Err(e) => return Poll::Ready(Err(invalid(e))),
+        }
+        // Start sending now; what the socket does not take yet waits for the next write or
+        // the flush.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.write_closed {
+            ready!(this.poll_send(cx))?;
+            this.write_closed = true;
+            if matches!(this.process(), Ok(Rest::Traffic)) {
+                let Self {
+                    conn,
+                    incoming,
+                    outgoing,
+                    ..
+                } = this;
+                if let Ok(ConnectionState::WriteTraffic(mut w)) =
+                    conn.process_tls_records(incoming).state
+                {
+                    encrypt(outgoing, |buf| w.queue_close_notify(buf), 64)?;
+                }
+            }
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
