@@ -54,7 +54,8 @@ pub struct Engine {
 /// A connection's membership of a room, with what it needs to be reached and named.
 #[derive(Debug)]
 pub struct Member {
-    pub identity: Identity,
+    /// Unix seconds after which the member's signed token stops being valid.
+    pub expires_at: Option<u64>,
     /// The identity's role in this room, fixed at join.
     pub role: Role,
     pub membership: Membership,
@@ -280,7 +281,7 @@ impl Engine {
     pub fn join(
         &self,
         reservation: Reservation,
-        mut identity: Identity,
+        identity: Identity,
         resume: Option<Resume>,
     ) -> (Member, OutboxReader) {
         let (outbox, rx) = Outbox::new(self.outbound_queue_bytes);
@@ -291,10 +292,6 @@ impl Engine {
         let budget = self.outbound_queue_bytes / 2;
         let max_listed = self.max_listed;
         let role = identity.role(&room_name);
-        // The token's room list and roles were for the gate and this join; a signed token may
-        // list many rooms, and a connection would otherwise hold them for its whole life.
-        identity.rooms = None;
-        identity.roles = None;
         let membership = self.rooms.join(
             reservation,
             next_conn_id(),
@@ -337,8 +334,11 @@ impl Engine {
                 }
             },
         );
+        // Of the identity only the expiry is kept (the name is the membership's): a signed
+        // token may list many rooms and roles, and a connection would otherwise hold them for
+        // its whole life.
         let member = Member {
-            identity,
+            expires_at: identity.expires_at,
             role,
             membership,
             outbox,
@@ -403,7 +403,7 @@ impl Engine {
         let author = Author {
             room: &member.membership.room,
             conn: member.membership.id,
-            name: &member.identity.user,
+            name: member.membership.user(),
             role: member.role,
             via_api: false,
         };

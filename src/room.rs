@@ -55,9 +55,11 @@ pub struct Outbox {
     overflowed: AtomicBool,
     /// Set when the writer is gone: nothing more is queued.
     closed: AtomicBool,
+    /// Set when the server is shutting down; the writer sees it through `wake` and closes 1001.
+    stopping: AtomicBool,
     /// Wakes the writer's wait for frames.
     ready: Notify,
-    /// Wakes the writer's watch for an overflow.
+    /// Wakes the writer's watch for an overflow or a shutdown.
     pub wake: Notify,
 }
 
@@ -120,6 +122,7 @@ impl Outbox {
             max_items: (limit_bytes / 64).max(64),
             overflowed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             ready: Notify::new(),
             wake: Notify::new(),
         });
@@ -177,6 +180,17 @@ impl Outbox {
 
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// The server is shutting down: the writer closes with 1001 even while a socket that does
+    /// not drain holds it (a queued Close would wait behind that socket).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 }
 
@@ -985,6 +999,24 @@ impl Rooms {
         }
     }
 
+    /// Shutdown: tell every member's writer to close. A session that joins after its room
+    /// was visited here sees the server's stop flag itself (session::run).
+    pub fn stop_all(&self) {
+        let rooms: Vec<Arc<Room>> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for room in rooms {
+            let state = room.state.lock().unwrap_or_else(|p| p.into_inner());
+            for seat in state.members.values() {
+                seat.outbox.stop();
+            }
+        }
+    }
+
     /// Whether this node knows every user present in `room`: always with a store of this
     /// node only; with a shared one only when presence is on (users on other nodes are known
     /// from their join and leave events).
@@ -1055,6 +1087,13 @@ pub struct Membership {
     pub room: Arc<Room>,
     pub id: ConnId,
     user: String,
+}
+
+impl Membership {
+    /// The member's user name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
 }
 
 impl Drop for Membership {

@@ -86,6 +86,7 @@ pub async fn serve(
     pruner.abort();
     info!("shutting down: closing connections");
     let _ = stop.send(true);
+    shared.engine.rooms.stop_all();
     let all = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
     let drained = tokio::time::timeout(
         Duration::from_millis(cfg.shutdown_timeout_ms),

@@ -144,18 +144,25 @@ pub fn run(
         ..
     } = admitted;
     let (member, rx) = shared.engine.join(reservation, identity, resume);
+    // Shutdown reaches writers through their outboxes (Rooms::stop_all); one that joined
+    // after its room was told finds the flag already up.
+    if *shared.shutdown.borrow() {
+        member.outbox.stop();
+    }
     let (sink, stream) = ws.split();
-    let shutdown = shared.shutdown.clone();
     // An async block rather than an async fn: a fn's arguments are moved into locals of its
     // own and would take their space twice; a block's captures are used where they lie.
-    let (mut sink, mut stream, mut shutdown) = (sink, stream, shutdown);
+    let (mut sink, mut stream) = (sink, stream);
     async move {
         // Held for as long as the session lives: counts the connection against its user and
         // against the server's caps.
         let _held = (&user_slot, &guard);
-        let room = member.membership.room.clone();
-        let user = member.identity.user.clone();
-        info!(%peer, user = %user, room = %room.name, "connection opened");
+        info!(
+            %peer,
+            user = member.membership.user(),
+            room = %member.membership.room.name,
+            "connection opened"
+        );
         shared.metrics.connections_open.inc();
 
         let closing = Closing {
@@ -166,9 +173,8 @@ pub fn run(
             sent_notify: Notify::new(),
         };
         let (failed, out_of_step) = {
-            let ping_every = Duration::from_millis(shared.config.server.ping_interval_ms);
             let outbox = &member.outbox;
-            let writer = write_loop(&mut sink, rx, outbox, &closing, &mut shutdown, ping_every);
+            let writer = write_loop(&mut sink, rx, outbox, &closing);
             let conn = Conn {
                 shared: &shared,
                 closing: &closing,
@@ -205,6 +211,9 @@ pub fn run(
             code: CloseCode::Abnormal,
             reason: "connection lost".into(),
         });
+        // Taken only now, so they are not kept for the connection's life.
+        let room = member.membership.room.clone();
+        let user = member.membership.user().to_string();
         drop(member);
         if let Ok(ws) = sink.reunite(stream) {
             // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
@@ -302,6 +311,14 @@ struct Conn<'a> {
     member: &'a Member,
 }
 
+/// What the reader's one timer is set for.
+#[derive(Clone, Copy)]
+enum Timer {
+    Ping,
+    Idle,
+    Expiry,
+}
+
 /// How serving frames stopped.
 enum Served {
     PeerClosed,
@@ -323,14 +340,20 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
         member,
     } = conn;
     let outbox = &member.outbox;
-    let identity = &member.identity;
-    let user = identity.user.as_str();
+    let user = member.membership.user();
     let echo = shared.config.server.echo_mode;
     let mut limiter = shared.limits.connection();
-    let idle = Duration::from_millis(shared.config.server.idle_timeout_ms);
+    // Read from the config where used rather than kept: every byte here is in every
+    // connection's future.
+    let idle = || Duration::from_millis(shared.config.server.idle_timeout_ms);
+    let ping_every = || Duration::from_millis(shared.config.server.ping_interval_ms);
+    // Pings ride on the reader's one timer (with the idle timeout and the token's expiry): a
+    // timer is ~0.1 KiB in every connection.
+    let mut next_ping = tokio::time::Instant::now() + ping_every();
+    let mut last_heard = tokio::time::Instant::now();
     // A signed token's expiry, turned into a deadline on the runtime's clock. It shares the
     // idle timeout's timer: one timer fewer in every connection's future.
-    let expires = identity.expires_at.map(|exp| {
+    let expires = member.expires_at.map(|exp| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -347,17 +370,28 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
             return Served::WriterClosing;
         }
         // Any frame, a pong included, proves the peer alive; silence past `idle` does not.
-        let idle_at = tokio::time::Instant::now() + idle;
-        let (at, expiry) = match expires {
-            Some(at) if at <= idle_at => (at, true),
-            _ => (idle_at, false),
+        let (at, timer) = {
+            let idle_at = last_heard + idle();
+            match expires {
+                Some(at) if at <= idle_at && at <= next_ping => (at, Timer::Expiry),
+                _ if next_ping < idle_at => (next_ping, Timer::Ping),
+                _ => (idle_at, Timer::Idle),
+            }
         };
         let msg = match tokio::time::timeout_at(at, stream.next()).await {
             Ok(Some(msg)) => msg,
             Ok(None) => return Served::PeerClosed,
-            Err(_) if expiry => return close(close::POLICY, "token expired"),
-            Err(_) => return close(close::GOING_AWAY, "idle timeout"),
+            Err(_) => match timer {
+                Timer::Expiry => return close(close::POLICY, "token expired"),
+                Timer::Idle => return close(close::GOING_AWAY, "idle timeout"),
+                Timer::Ping => {
+                    outbox.push(Message::Ping(Default::default()));
+                    next_ping = tokio::time::Instant::now() + ping_every();
+                    continue;
+                }
+            },
         };
+        last_heard = tokio::time::Instant::now();
         if closing.deadline().is_some() {
             return Served::WriterClosing;
         }
@@ -564,27 +598,24 @@ async fn write_loop(
     mut rx: OutboxReader,
     outbox: &Outbox,
     closing: &Closing,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ping_every: Duration,
 ) -> bool {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What ends the writer from outside: its queue overflowed, or the server is stopping.
-    // Built and pinned once, so its waiters stay registered instead of being re-created on
+    // Built and pinned once, so its waiter stays registered instead of being re-created on
     // every wake-up (that churn showed in profiles as a lock per delivery).
     let interrupt = async {
-        let overflow = async {
-            loop {
-                outbox.wake.notified().await;
-                if outbox.overflowed() {
-                    break;
-                }
+        loop {
+            outbox.wake.notified().await;
+            if outbox.overflowed() {
+                break Ending {
+                    code: close::TRY_AGAIN_LATER,
+                    reason: "slow consumer".into(),
+                };
             }
-        };
-        tokio::select! {
-            _ = overflow => Ending { code: close::TRY_AGAIN_LATER, reason: "slow consumer".into() },
-            _ = shutdown.wait_for(|stop| *stop) => {
-                Ending { code: close::GOING_AWAY, reason: "server shutting down".into() }
+            if outbox.stopping() {
+                break Ending {
+                    code: close::GOING_AWAY,
+                    reason: "server shutting down".into(),
+                };
             }
         }
     };
@@ -595,18 +626,21 @@ async fn write_loop(
             biased;
             ending = &mut interrupt => { closing.begin(ending); break; }
             () = rx.batch(&mut items) => {}
-            _ = ping.tick() => items.push_back(Outgoing::Frame(Message::Ping(Default::default()))),
         };
         // Write this batch and everything queued meanwhile, then flush once. A socket that
         // will not drain must not hold us here past an overflow or a shutdown.
         let mut close_requested = false;
         let batch = async {
             'batch: loop {
-                while let Some(it) = items.pop_front() {
+                loop {
+                    // Ready first, then take the frame: no frame is held across the wait (it
+                    // would take its space in every connection's future).
+                    std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+                    let Some(it) = items.pop_front() else { break };
                     match it {
                         Outgoing::Frame(m) => {
                             let len = m.len();
-                            sink.feed(m).await?;
+                            sink.start_send_unpin(m)?;
                             outbox.written(len);
                         }
                         Outgoing::Close(code, reason) => {
