@@ -35,6 +35,7 @@ case $MODE in
   handshakes) args=(handshakes --duration-secs $((SECS + 4))) ;;
   handshakes-x25519) args=(--classic-kx handshakes --duration-secs $((SECS + 4))) ;;
   direct) args=(direct --pairs 5000 --rate 2000 --duration-secs $((SECS + 6))) ;;
+  churn) args=(churn --clients 1000 --senders 10 --size 128 --rate 100 --joins-per-sec 50 --duration-secs $((SECS + 6))) ;;
   *) echo "unknown mode $MODE"; exit 2 ;;
 esac
 taskset -c 1 target/profiling/loadgen --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
