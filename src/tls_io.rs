@@ -14,6 +14,7 @@
 //! its alert when one is queued, and end the stream with `InvalidData`.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -200,8 +201,10 @@ impl TlsStream {
         if room == 0 {
             return Poll::Ready(Err(invalid("TLS record too large")));
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut buf = ReadBuf::new(&mut chunk[..room]);
+        // Uninitialised: zeroing 8 KiB on every read attempt showed in profiles (a reader is
+        // polled on every wake-up of its connection's task, writes included).
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk[..room]);
         ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
         let n = buf.filled().len();
         self.incoming.extend_from_slice(buf.filled());
@@ -295,6 +298,15 @@ impl AsyncRead for TlsStream {
             }
             if this.read_closed {
                 return Poll::Ready(Ok(()));
+            }
+            // Nothing read since the last processing and nothing left to send: rustls has
+            // nothing new to say, so go straight to the socket (the common case: a wake-up
+            // that was for the writer).
+            if this.traffic && this.incoming.is_empty() && this.outgoing.is_empty() {
+                if ready!(this.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                continue;
             }
             this.process()?;
             // What rustls wants sent while reading (a key update's answer, an alert) goes out
