@@ -65,6 +65,10 @@ struct TargetArgs {
     /// (by default rustls offers X25519MLKEM768 first, which costs the server an ML-KEM step).
     #[arg(long)]
     classic_kx: bool,
+    /// Offer TLS 1.3 suites in browsers' order (AES-128-GCM/SHA-256 first) rather than
+    /// rustls's (AES-256-GCM/SHA-384 first); the server picks by the client's order.
+    #[arg(long)]
+    browser_suites: bool,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +121,14 @@ impl Target {
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         if a.classic_kx {
             provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        }
+        if a.browser_suites {
+            use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+            provider.cipher_suites = vec![
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+            ];
         }
         let mut fresh = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
