@@ -12,7 +12,6 @@
 //! - Leaving is dropping the [`Member`].
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,8 +22,8 @@ use crate::moderation::{audit, Action, Kind};
 use crate::protocol::{ErrorCode, ServerFrame, WelcomeLimits};
 use crate::roles::Role;
 use crate::room::{
-    moderation_frame, next_conn_id, ConnId, Fanout, Membership, Outbox, OutboxReader, Published,
-    Reply, Reservation, Room, Rooms, Sanctioned,
+    moderation_frame, next_conn_id, ConnId, Membership, Outbox, OutboxReader, Published, Reply,
+    Reservation, Room, Rooms, Sanctioned,
 };
 use crate::sanitize::Sanitizer;
 use crate::store::{now_ms, Event, EventKind, StoreError};
@@ -413,7 +412,7 @@ impl Engine {
             Box::new(move |settled| match settled {
                 Ok((event, fanout)) => {
                     if let Some(f) = fanout {
-                        count_fanout(&metrics, &f);
+                        metrics.fanned_out(&f);
                     }
                     if let Some(id) = &id {
                         outbox.push(Message::text(ack_frame(id, &event)));
@@ -466,7 +465,6 @@ impl Engine {
             return Err(Rejection::TooLong);
         }
         let clean = self.sanitizer.clean(text).ok_or(Rejection::Empty)?;
-        let started = Instant::now();
         let now = now_ms();
         let kind = EventKind::message(from, clean, id, author.via_api);
         let resend = id.map(|id| (from, id, now.saturating_sub(self.dedup_window_ms)));
@@ -482,11 +480,7 @@ impl Engine {
             .map_err(|_| Rejection::Unavailable)?;
         Ok(match published {
             Published::New(fanout) => {
-                // Only here is the time all fan-out: a queued one also waits for the disk.
-                self.metrics
-                    .fanout_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                count_fanout(&self.metrics, &fanout);
+                self.metrics.fanned_out(&fanout);
                 let EventKind::Message { text, .. } = kind;
                 Submitted::New(Posted {
                     seq: fanout.seq,
@@ -617,13 +611,6 @@ pub fn refuse(
         retry_after_ms,
     };
     outbox.push(Message::text(frame.to_json()));
-}
-
-fn count_fanout(m: &Metrics, fanout: &Fanout) {
-    m.messages_delivered.inc_by(fanout.queued);
-    if fanout.overflowed > 0 {
-        m.dropped_by("slow_consumer", fanout.overflowed);
-    }
 }
 
 /// The ack for a stored message: its seq and the text the others received.

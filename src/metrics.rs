@@ -21,6 +21,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
+use crate::room::Fanout;
+
 type Reason = [(&'static str, &'static str); 1];
 
 /// Every metric the server keeps. Cheap to update: atomics, no locks on the message path.
@@ -230,6 +232,18 @@ impl Metrics {
 
     pub fn dropped(&self, reason: &'static str) {
         self.dropped_by(reason, 1);
+    }
+
+    /// One message queued for its room's members: delivered, overflowed, and how long it took
+    /// (not observed for a message that was only handed on, to be delivered elsewhere).
+    pub fn fanned_out(&self, fanout: &Fanout) {
+        self.messages_delivered.inc_by(fanout.queued);
+        if fanout.overflowed > 0 {
+            self.dropped_by("slow_consumer", fanout.overflowed);
+        }
+        if !fanout.took.is_zero() {
+            self.fanout_seconds.observe(fanout.took.as_secs_f64());
+        }
     }
 
     pub fn dropped_by(&self, reason: &'static str, n: u64) {

@@ -1180,9 +1180,6 @@ async fn deliver(ctx: &Ctx, con: &mut ConnectionManager, mut p: Published) {
 
 fn count(ctx: &Ctx, received: Received) {
     if let Received::Delivered(f) = received {
-        ctx.metrics.messages_delivered.inc_by(f.queued);
-        if f.overflowed > 0 {
-            ctx.metrics.dropped_by("slow_consumer", f.overflowed);
-        }
+        ctx.metrics.fanned_out(&f);
     }
 }

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -363,10 +364,12 @@ impl RoomState {
     /// Queue `msg` for every member but `from`, after any presence frames still waiting.
     fn deliver(&mut self, from: ConnId, msg: Message, seq: u64) -> Fanout {
         self.flush_presence();
+        let started = Instant::now();
         let mut out = Fanout {
             seq,
             queued: 0,
             overflowed: 0,
+            took: Duration::ZERO,
         };
         for (id, seat) in &self.members {
             if *id != from {
@@ -377,6 +380,7 @@ impl RoomState {
                 }
             }
         }
+        out.took = started.elapsed();
         out
     }
 }
@@ -401,6 +405,8 @@ pub struct Fanout {
     pub queued: u64,
     /// Recipients whose queue was full (now closing as slow consumers).
     pub overflowed: u64,
+    /// Time spent queueing it for every recipient (zero: not delivered here).
+    pub took: Duration,
 }
 
 #[derive(Debug)]
@@ -460,6 +466,7 @@ impl Room {
                             seq: event.seq,
                             queued: 0,
                             overflowed: 0,
+                            took: Duration::ZERO,
                         });
                         (event, fanout)
                     }))
