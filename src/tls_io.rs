@@ -230,33 +230,33 @@ impl TlsStream {
 /// Append what `f` encodes to `out`, growing it to the size rustls asks for.
 fn encode(
     out: &mut Vec<u8>,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> io::Result<()> {
-    let start = out.len();
-    let mut want = 512;
-    loop {
-        out.resize(start + want, 0);
-        match f(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(e)) if e.required_size > want => {
-                want = e.required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(invalid(e));
-            }
-        }
-    }
+    append(out, 512, f, |e| match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    })
 }
 
 /// As [`encode`], for encryption.
 fn encrypt(
     out: &mut Vec<u8>,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
     hint: usize,
+) -> io::Result<()> {
+    append(out, hint, f, |e| match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    })
+}
+
+/// Append what `f` writes to `out`, starting with room for `hint` bytes and growing to the
+/// size `needs` reads from an error that asks for more; any other error leaves `out` as it was.
+fn append<E: std::fmt::Display>(
+    out: &mut Vec<u8>,
+    hint: usize,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    needs: impl Fn(&E) -> Option<usize>,
 ) -> io::Result<()> {
     let start = out.len();
     let mut want = hint;
@@ -267,13 +267,13 @@ fn encrypt(
                 out.truncate(start + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(e)) if e.required_size > want => {
-                want = e.required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(invalid(e));
-            }
+            Err(e) => match needs(&e) {
+                Some(required) if required > want => want = required,
+                _ => {
+                    out.truncate(start);
+                    return Err(invalid(e));
+                }
+            },
         }
     }
 }
