@@ -39,8 +39,7 @@ use tracing::{debug, info};
 
 use crate::engine::{refuse, Member, Moderator};
 use crate::handshake::Admitted;
-use crate::limits::ConnGuard;
-use crate::limits::Verdict;
+use crate::limits::{ConnGuard, Verdict};
 use crate::moderation::Action;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
 use crate::room::{Outbox, OutboxReader, Outgoing};
@@ -153,10 +152,9 @@ pub fn run(
     if *shared.shutdown.borrow() {
         member.outbox.stop();
     }
-    let (sink, stream) = ws.split();
+    let (mut sink, mut stream) = ws.split();
     // An async block rather than an async fn: a fn's arguments are moved into locals of its
     // own and would take their space twice; a block's captures are used where they lie.
-    let (mut sink, mut stream) = (sink, stream);
     async move {
         // Held for as long as the session lives: counts the connection against its user and
         // against the server's caps.

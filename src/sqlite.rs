@@ -370,6 +370,13 @@ impl WriterThread {
         Ok(top)
     }
 
+    /// Roll back the transaction a failed statement left open, if it did.
+    fn abandon(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
     /// Commit `writes` in one transaction, then tell each how it went, in order.
     fn commit(&mut self, writes: Vec<(Write, Done, Instant)>) {
         if writes.is_empty() {
@@ -378,9 +385,7 @@ impl WriterThread {
         let mut accepted = Vec::with_capacity(writes.len());
         let outcome = self.store_all(&writes, &mut accepted);
         if let Err(e) = &outcome {
-            if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
+            self.abandon();
             // The tops are read again: the truth is the file's.
             self.tops.clear();
             self.metrics.store_failures.inc_by(writes.len() as u64);
@@ -581,9 +586,7 @@ impl WriterThread {
             self.conn.execute_batch("COMMIT")
         })();
         if let Err(e) = result {
-            if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
+            self.abandon();
             warn!(path = %self.path.display(), error = %e, "history retention pass failed; it runs again later");
             return false;
         }
@@ -606,6 +609,27 @@ impl WriterThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer on a fresh file at `path` keeping `max_messages` per room and `max_age_ms`.
+    fn writer(
+        path: &Path,
+        max_messages: usize,
+        max_age_ms: u64,
+        metrics: &Arc<Metrics>,
+    ) -> WriterThread {
+        WriterThread {
+            conn: connect(path, Durability::Normal).unwrap(),
+            path: path.to_path_buf(),
+            retention: Retention {
+                max_messages,
+                max_age_ms,
+            },
+            metrics: metrics.clone(),
+            tops: HashMap::new(),
+            touched: HashSet::new(),
+            failing: false,
+        }
+    }
 
     fn write(room: &str, seq: u64, text: &str) -> Write {
         Write {
@@ -659,18 +683,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let metrics = Arc::new(Metrics::new());
-        let mut w = WriterThread {
-            conn: connect(&path, Durability::Normal).unwrap(),
-            path: path.clone(),
-            retention: Retention {
-                max_messages: 3,
-                max_age_ms: 60_000,
-            },
-            metrics: metrics.clone(),
-            tops: HashMap::new(),
-            touched: HashSet::new(),
-            failing: false,
-        };
+        let mut w = writer(&path, 3, 60_000, &metrics);
         let (tx, rx) = mpsc::channel();
         let mut writes = Vec::new();
         for seq in 1..=5 {
@@ -710,18 +723,7 @@ mod tests {
     fn a_retention_pass_visits_a_bounded_number_of_rooms_and_the_next_one_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let mut w = WriterThread {
-            conn: connect(&dir.path().join("s.db"), Durability::Normal).unwrap(),
-            path: dir.path().join("s.db"),
-            retention: Retention {
-                max_messages: 1,
-                max_age_ms: 3_600_000,
-            },
-            metrics: metrics.clone(),
-            tops: HashMap::new(),
-            touched: HashSet::new(),
-            failing: false,
-        };
+        let mut w = writer(&dir.path().join("s.db"), 1, 3_600_000, &metrics);
         let rooms = TRIM_ROOMS + TRIM_ROOMS / 2;
         let mut writes = Vec::new();
         for i in 0..rooms {
