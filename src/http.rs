@@ -25,25 +25,41 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api;
 use crate::handshake::{self, Refusal};
 use crate::limits::ConnGuard;
 use crate::protocol::{valid_room_name, SUBPROTOCOL};
 use crate::session;
+use crate::tls_io::{Cork, TlsStream};
 use crate::Shared;
 
 pub type Body = Full<Bytes>;
 
-/// Answer one HTTP request on a TLS connection from `peer`.
+/// The TLS connection a request came on.
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// When its TCP connection was accepted.
+    pub accepted: std::time::Instant,
+    /// Counts it against the caps for as long as it lives.
+    pub guard: Arc<ConnGuard>,
+    /// Holds its output back from the 101 until the session's first frames.
+    pub cork: Cork,
+}
+
+/// Answer one HTTP request on a TLS connection.
 pub async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
-    accepted: std::time::Instant,
-    guard: Arc<ConnGuard>,
+    conn: Conn,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let Conn {
+        peer,
+        accepted,
+        guard,
+        cork,
+    } = conn;
     if api::is_api(req.uri().path()) {
         return Ok(with_security_headers(api::handle(shared, peer, req).await));
     }
@@ -54,6 +70,7 @@ pub async fn handle(
                 Ok(admitted) => {
                     let on_upgrade = hyper::upgrade::on(&mut req);
                     let resp = switching_protocols(&admitted.accept_key, admitted.subprotocol);
+                    cork.hold();
                     shared
                         .metrics
                         .handshake_seconds
@@ -62,18 +79,32 @@ pub async fn handle(
                     // Two tasks: this one waits for the upgrade and ends; the session gets a
                     // task of its own, so its future carries nothing of the upgrade's.
                     tokio::spawn(async move {
-                        match on_upgrade.await {
-                            Ok(upgraded) => {
-                                let ws = WebSocketStream::from_raw_socket(
-                                    TokioIo::new(upgraded),
-                                    Role::Server,
-                                    Some(shared.ws_config),
-                                )
-                                .await;
-                                tokio::spawn(session::run(shared, ws, admitted, peer, guard));
+                        let upgraded = match on_upgrade.await {
+                            Ok(upgraded) => upgraded,
+                            Err(e) => {
+                                warn!(%peer, error = %e, "upgrade failed after 101");
+                                return;
                             }
-                            Err(e) => warn!(%peer, error = %e, "upgrade failed after 101"),
-                        }
+                        };
+                        // The TLS stream itself, not hyper's boxed wrapper of it: one layer
+                        // less on every read and write of the session.
+                        let Ok(parts) = upgraded.downcast::<TokioIo<TlsStream>>() else {
+                            cork.release();
+                            error!(%peer, "upgraded stream is not a TLS stream");
+                            return;
+                        };
+                        let mut tls = parts.io.into_inner();
+                        tls.uncork();
+                        // Bytes hyper read past the request (a client that sent its first
+                        // frame without waiting for the 101) are the start of the stream.
+                        let ws = WebSocketStream::from_partially_read(
+                            tls,
+                            parts.read_buf.to_vec(),
+                            Role::Server,
+                            Some(shared.ws_config),
+                        )
+                        .await;
+                        tokio::spawn(session::run(shared, ws, admitted, peer, guard));
                     });
                     return Ok(resp);
                 }

@@ -142,9 +142,17 @@ async fn connection(
         },
         _ = shutdown.wait_for(|s| *s) => return,
     };
+    let mut tls = tls;
+    let cork = tls.cork();
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
-        crate::http::handle(svc_shared.clone(), peer, accepted, guard.clone(), req)
+        let conn = crate::http::Conn {
+            peer,
+            accepted,
+            guard: guard.clone(),
+            cork: cork.clone(),
+        };
+        crate::http::handle(svc_shared.clone(), conn, req)
     });
     let conn = http1::Builder::new()
         .max_buf_size(MAX_REQUEST_HEAD)

@@ -27,8 +27,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -43,9 +41,10 @@ use crate::limits::{ConnGuard, Verdict};
 use crate::moderation::Action;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
 use crate::room::{Outbox, OutboxReader, Outgoing};
+use crate::tls_io::TlsStream;
 use crate::Shared;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<TlsStream>;
 type Sink = futures_util::stream::SplitSink<Ws, Message>;
 type Stream = futures_util::stream::SplitStream<Ws>;
 
@@ -120,8 +119,11 @@ impl Closing {
 
 /// How the reader stopped.
 enum ReadEnd {
-    /// The peer's Close arrived or the stream ended: nothing more to read.
+    /// The peer's Close arrived (or, once ours was out, the stream ended): nothing more to read.
     Done,
+    /// The stream ended or failed without the peer's Close: the peer is gone (RFC 6455's
+    /// 1006), so nothing is sent to it, neither a Close nor TLS's close_notify.
+    Lost,
     /// A frame could not be parsed, so the stream is no longer in step with the peer's
     /// framing (part of a frame may still be unread): the rest is discarded as raw bytes.
     OutOfStep,
@@ -189,6 +191,10 @@ pub fn run(
             let within =
                 |d: Option<tokio::time::Instant>| d.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
+                // The writer before the reader: on the first poll the 101, held in the TLS
+                // stream (tls_io's Cork), then leaves with the welcome in one write; a reader
+                // polled first would send it alone.
+                biased;
                 // A peer that neither reads our Close nor answers it is cut here.
                 _ = closing.expired() => (false, false),
                 // The writer ends once it has sent a Close (or cannot write): let the reader
@@ -199,7 +205,11 @@ pub fn run(
                     }
                     (!sent, false)
                 }
-                read = &mut reader => {
+                // Nothing can reach a peer that is gone (no Close, no close_notify): it ends
+                // as failed, logged as 1006.
+                read = &mut reader => if matches!(read, ReadEnd::Lost) {
+                    (true, false)
+                } else {
                     // The peer closed, or the reader asked for a Close: the writer sends what is
                     // queued, then the Close, within the deadline. After the peer's Close it only
                     // flushes tungstenite's reply.
@@ -329,6 +339,7 @@ async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
     };
     match serve_frames(stream, conn).await {
         Served::PeerClosed => return ReadEnd::Done,
+        Served::Lost => return ReadEnd::Lost,
         Served::Close(ending) => close_with(ending.code, ending.reason),
         Served::BadFrame(ending) => {
             close_with(ending.code, ending.reason);
@@ -377,7 +388,10 @@ enum Timer {
 
 /// How serving frames stopped.
 enum Served {
+    /// The peer's Close.
     PeerClosed,
+    /// The stream ended or failed without a Close.
+    Lost,
     /// This side must close, the stream still in step with the peer.
     Close(Ending),
     /// A frame broke the protocol or a limit; the stream is out of step.
@@ -436,7 +450,7 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
         };
         let msg = match tokio::time::timeout_at(at, stream.next()).await {
             Ok(Some(msg)) => msg,
-            Ok(None) => return Served::PeerClosed,
+            Ok(None) => return Served::Lost,
             Err(_) => match timer {
                 Timer::Expiry => return close(close::POLICY, "token expired"),
                 Timer::Idle => return close(close::GOING_AWAY, "idle timeout"),
@@ -480,7 +494,7 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
                         Served::BadFrame(ending)
                     }
                     Some(ending) => Served::BadMessage(ending),
-                    None => Served::PeerClosed,
+                    None => Served::Lost,
                 };
             }
         };
@@ -676,6 +690,11 @@ async fn write_loop(
         }
     };
     tokio::pin!(interrupt);
+    // The 101 waits in the TLS stream for the first frames, to leave with them in one write
+    // (tls_io's Cork); with nothing queued yet (no welcome when echoing) it goes now.
+    if rx.is_empty() && sink.flush().await.is_err() {
+        return false;
+    }
     let mut items = VecDeque::new();
     loop {
         tokio::select! {

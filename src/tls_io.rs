@@ -8,14 +8,16 @@
 //! until the reader takes it, and encrypted output only until the socket takes it.
 //!
 //! Limits: a partial record may not grow past the largest a peer may send (a joined handshake
-//! message during the handshake, one TLS record after it); outgoing bytes are written before
-//! more plaintext is taken, so a peer that does not read holds back our writer rather than
-//! grow a buffer. Errors from rustls (a bad record, a failed handshake) are sent to the peer as
+//! message during the handshake, one TLS record after it); no more plaintext is taken while a
+//! record's worth of output waits, so a peer that does not read holds back our writer rather
+//! than grow a buffer. Output may be held back ([`Cork`]) while hyper writes a 101, so that the
+//! 101 and the session's first frames leave in one write. Errors from rustls (a bad record, a failed handshake) are sent to the peer as
 //! its alert when one is queued, and end the stream with `InvalidData`.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -52,6 +54,30 @@ pub struct TlsStream {
     read_closed: bool,
     /// Our close_notify is queued.
     write_closed: bool,
+    /// While set and held, output waits in `outgoing` (see [`Cork`]).
+    cork: Option<Cork>,
+}
+
+/// Holds a stream's output back while set. The 101 is written by hyper, which flushes it
+/// alone; the session's welcome follows moments later in a record and a write of its own.
+/// Held from the moment the gate admits the upgrade until the session takes the stream over
+/// ([`TlsStream::uncork`]), the two leave in one write: a system call and a loopback packet
+/// less per connection. The connection's task and the HTTP service share it, hence atomic.
+#[derive(Clone, Default)]
+pub struct Cork(Arc<AtomicBool>);
+
+impl Cork {
+    pub fn hold(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn release(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    fn held(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Where processing the buffered input came to rest.
@@ -83,9 +109,22 @@ impl TlsStream {
             traffic: false,
             read_closed: false,
             write_closed: false,
+            cork: None,
         };
         std::future::poll_fn(|cx| s.poll_handshake(cx)).await?;
         Ok(s)
+    }
+
+    /// The cork this stream obeys from now on (released: output flows as before).
+    pub fn cork(&mut self) -> Cork {
+        let cork = Cork::default();
+        self.cork = Some(cork.clone());
+        cork
+    }
+
+    /// Let held output go with the next write or flush, and forget the cork for good.
+    pub fn uncork(&mut self) {
+        self.cork = None;
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -211,8 +250,12 @@ impl TlsStream {
         Poll::Ready(Ok(n))
     }
 
-    /// Write `outgoing` to the socket; Ready once all of it is written.
+    /// Write `outgoing` to the socket; Ready once all of it is written, or at once while
+    /// corked (it then waits there, bounded: only hyper writes before the session uncorks).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.cork.as_ref().is_some_and(Cork::held) {
+            return Poll::Ready(Ok(()));
+        }
         while self.sent < self.outgoing.len() {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
             if n == 0 {
@@ -333,8 +376,12 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        // Earlier output first: this is the back-pressure on a peer that does not read.
-        ready!(this.poll_send(cx))?;
+        // Earlier output first once a record's worth waits: this is the back-pressure on a
+        // peer that does not read. Less than that is sent along with this write (a held 101
+        // with the welcome, a frame that found the socket full).
+        if this.outgoing.len() - this.sent >= WRITE_CHUNK {
+            ready!(this.poll_send(cx))?;
+        }
         if this.write_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -372,6 +419,8 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // Closing sends everything, held or not.
+        this.uncork();
         if !this.write_closed {
             ready!(this.poll_send(cx))?;
             this.write_closed = true;

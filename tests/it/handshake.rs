@@ -192,7 +192,7 @@ async fn query_token_only_when_allowed_and_never_logged() {
     assert_eq!(bad.err(), Some(401));
     drop(ws);
     // The last line this connection can log, so the whole log is in.
-    s.wait_log("reason=\"client closed\"").await;
+    s.wait_log("reason=\"connection lost\"").await;
     let log = s.log().join("\n");
     assert!(
         log.contains("loosened default: auth.allow_query_token"),
@@ -553,4 +553,68 @@ async fn modern_profile_refuses_tls_12_and_intermediate_accepts_it() {
     let tcp = tokio::net::TcpStream::connect(modern.addr).await.unwrap();
     assert!(tls12_client(&modern).connect(name(), tcp).await.is_err());
     let _ok = modern.join("alice", "lobby").await;
+}
+
+/// A client need not wait for the 101 before its first frame: one sent in the same write as
+/// the upgrade request is the start of the WebSocket stream (hyper has read it along with the
+/// request) and reaches the room.
+#[tokio::test]
+async fn a_frame_sent_in_the_same_write_as_the_upgrade_request_reaches_the_room() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start();
+    let mut bob = s.join("bob", "lobby").await;
+    let mut request = upgrade_request(
+        "GET",
+        "HTTP/1.1",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .into_bytes();
+    request.extend(frame(0x81, br#"{"type":"message","text":"early"}"#));
+    let mut alice = s.tls().await;
+    alice.write_all(&request).await.unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), alice.read(&mut head))
+        .await
+        .expect("no answer to the upgrade")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    loop {
+        let v = recv_json(&mut bob).await;
+        if v["type"] == "message" {
+            assert_eq!(
+                (v["from"].as_str(), v["text"].as_str()),
+                (Some("alice"), Some("early"))
+            );
+            break;
+        }
+    }
+    expect_nothing_more(&s, &mut bob, "lobby").await;
+}
+
+/// The 101 waits for the session's first frames to leave with them in one write; a session
+/// that has none to send (echo mode sends no welcome) must still get its 101 out at once.
+#[tokio::test]
+async fn an_echo_mode_server_answers_the_upgrade_without_waiting_for_a_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start_with(|c| c.server.echo_mode = true);
+    let auth = bearer("alice");
+    let mut ws = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        s.upgrade(
+            "/rooms/lobby",
+            &[("Origin", ORIGIN), ("Authorization", &auth)],
+        ),
+    )
+    .await
+    .expect("the 101 never came")
+    .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    let back = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("no echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, Message::text("hello"));
 }

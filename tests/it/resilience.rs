@@ -64,7 +64,7 @@ async fn per_user_and_per_room_caps() {
         .await;
     assert_eq!(third.err(), Some(429));
     drop(a1);
-    s.wait_log("code=1000").await;
+    s.wait_log("code=1006").await;
     let _a3 = s.join("alice", "lobby").await;
     // lobby now holds alice twice and max_members is 3.
     let _b = s.join("bob", "lobby").await;
