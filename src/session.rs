@@ -228,10 +228,15 @@ pub fn run(
         let room = member.membership.room.clone();
         let user = member.membership.user().to_string();
         drop(member);
-        if let Ok(ws) = sink.reunite(stream) {
-            // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
-            // session's future for the connection's whole life.
-            Box::pin(finish(ws, closing.deadline(), failed, out_of_step)).await;
+        // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
+        // session's future for the connection's whole life. Made in one statement: the
+        // reunited socket, a temporary of an `if let` around the await, took its 1.5 KiB there.
+        let finishing = sink
+            .reunite(stream)
+            .ok()
+            .map(|ws| Box::pin(finish(ws, closing.deadline(), failed, out_of_step)));
+        if let Some(finishing) = finishing {
+            finishing.await;
         }
         shared.metrics.connections_open.dec();
         if ending.code == close::TRY_AGAIN_LATER {
