@@ -8,11 +8,12 @@
 //! until the reader takes it, and encrypted output only until the socket takes it.
 //!
 //! Limits: a partial record may not grow past the largest a peer may send (a joined handshake
-//! message during the handshake, one TLS record after it); no more plaintext is taken while a
-//! record's worth of output waits, so a peer that does not read holds back our writer rather
-//! than grow a buffer. Output may be held back ([`Cork`]) while hyper writes a 101, so that the
-//! 101 and the session's first frames leave in one write. Errors from rustls (a bad record, a failed handshake) are sent to the peer as
-//! its alert when one is queued, and end the stream with `InvalidData`.
+//! message during the handshake, one TLS record after it); no more plaintext is taken than
+//! keeps the waiting output within a record's worth, so a peer that does not read holds back
+//! our writer rather than grow a buffer. Output may be held back ([`Cork`]) while hyper writes a 101, so that the
+//! 101 and the session's first frames leave in one write. Errors from rustls (a bad record, a
+//! failed handshake) are sent to the peer as its alert when one is queued, and end the stream
+//! with `InvalidData`.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -376,10 +377,10 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        // Earlier output first once a record's worth waits: this is the back-pressure on a
-        // peer that does not read. Less than that is sent along with this write (a held 101
-        // with the welcome, a frame that found the socket full).
-        if this.outgoing.len() - this.sent >= WRITE_CHUNK {
+        // Earlier output first when this write would take the waiting output past a record's
+        // worth: this is the back-pressure on a peer that does not read, and what bounds
+        // `outgoing`. Below that, it leaves along with this write (a held 101 with the welcome).
+        if this.outgoing.len() - this.sent + data.len().min(WRITE_CHUNK) > WRITE_CHUNK {
             ready!(this.poll_send(cx))?;
         }
         if this.write_closed {
