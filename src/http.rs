@@ -89,7 +89,6 @@ pub async fn handle(
                         // The TLS stream itself, not hyper's boxed wrapper of it: one layer
                         // less on every read and write of the session.
                         let Ok(parts) = upgraded.downcast::<TokioIo<TlsStream>>() else {
-                            cork.release();
                             error!(%peer, "upgraded stream is not a TLS stream");
                             return;
                         };

@@ -94,15 +94,6 @@ impl OutboxReader {
         true
     }
 
-    /// Nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.outbox
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-    }
-
     /// Once a batch is written, give its queue's memory back: an idle connection keeps
     /// none (a few slots in each of its two queues were 0.4 KiB per idle connection), at the
     /// price of one allocation per wake-up.

@@ -193,7 +193,8 @@ pub fn run(
             tokio::select! {
                 // The writer before the reader: on the first poll the 101, held in the TLS
                 // stream (tls_io's Cork), then leaves with the welcome in one write; a reader
-                // polled first would send it alone.
+                // polled first would send it alone (reading sends waiting output). With nothing
+                // queued (echo mode has no welcome), the reader's first poll is what sends it.
                 biased;
                 // A peer that neither reads our Close nor answers it is cut here.
                 _ = closing.expired() => (false, false),
@@ -695,11 +696,6 @@ async fn write_loop(
         }
     };
     tokio::pin!(interrupt);
-    // The 101 waits in the TLS stream for the first frames, to leave with them in one write
-    // (tls_io's Cork); with nothing queued yet (no welcome when echoing) it goes now.
-    if rx.is_empty() && sink.flush().await.is_err() {
-        return false;
-    }
     let mut items = VecDeque::new();
     loop {
         tokio::select! {

@@ -72,10 +72,6 @@ impl Cork {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    pub fn release(&self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
-
     fn held(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
