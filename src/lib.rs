@@ -26,6 +26,7 @@ pub mod room;
 pub mod sanitize;
 pub mod server;
 pub mod session;
+pub mod socket;
 pub mod sqlite;
 pub mod store;
 pub mod tls;
@@ -54,7 +55,8 @@ const ECHO_MODE_MESSAGE_LIMIT: usize = 16 << 20;
 /// still gets a buffer of its own size. Each halving saved its size per idle connection (bench
 /// idle: 1024 -> 256 saved 0.76 KiB, 256 -> 128 another 0.12).
 const READ_BUFFER: usize = 128;
-/// Frames are batched up to this before a write; flush writes the rest.
+/// tungstenite writes only its pongs and the Close (data frames go through socket.rs): they
+/// are batched up to this before a write.
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// State every connection shares, built once from the config.
@@ -174,9 +176,9 @@ pub async fn run(
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        // Outgoing frames are at most a few times the incoming limit (escaping); bound the
-        // buffer so a socket that stops draining cannot grow it.
-        .max_write_buffer_size(WRITE_BUFFER + 8 * frame_limit)
+        // Only control frames (at most 127 bytes each) go through it; bound it so a peer that
+        // pings and never reads cannot grow it.
+        .max_write_buffer_size(2 * WRITE_BUFFER)
         .max_frame_size(Some(frame_limit))
         .max_message_size(Some(frame_limit));
 

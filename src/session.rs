@@ -2,8 +2,9 @@
 //! the closing handshake that ends it.
 //!
 //! Reader: frame (size already capped by the WebSocket layer) -> JSON -> rate -> the engine's
-//! `post` (length, sanitise, store, fan-out). Writer: drain everything queued, write it, flush
-//! once; close the socket with the right RFC 6455 code. tungstenite only reports a protocol error, so sending
+//! `post` (length, sanitise, store, fan-out). Writer: drain everything queued, write it (through
+//! socket.rs, which shares the socket between the two), flush once; close the socket with the
+//! right RFC 6455 code. tungstenite only reports a protocol error, so sending
 //! the Close frame with its code is done here.
 //!
 //! Closing (RFC 6455 section 7.1.1): whoever decides first (the reader on a bad frame or a
@@ -26,13 +27,11 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
 use crate::engine::{refuse, Member, Moderator};
@@ -41,12 +40,8 @@ use crate::limits::{ConnGuard, Verdict};
 use crate::moderation::Action;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
 use crate::room::{Outbox, OutboxReader, Outgoing};
-use crate::tls_io::TlsStream;
+use crate::socket::{Socket, Ws};
 use crate::Shared;
-
-type Ws = WebSocketStream<TlsStream>;
-type Sink = futures_util::stream::SplitSink<Ws, Message>;
-type Stream = futures_util::stream::SplitStream<Ws>;
 
 /// How long TLS close_notify may take once the closing handshake is over or cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
@@ -154,7 +149,7 @@ pub fn run(
     if *shared.shutdown.borrow() {
         member.outbox.stop();
     }
-    let (mut sink, mut stream) = ws.split();
+    let socket = Socket::new(ws);
     // An async block rather than an async fn: a fn's arguments are moved into locals of its
     // own and would take their space twice; a block's captures are used where they lie.
     async move {
@@ -178,13 +173,13 @@ pub fn run(
         };
         let (failed, out_of_step) = {
             let outbox = &member.outbox;
-            let writer = write_loop(&mut sink, rx, outbox, &closing);
+            let writer = write_loop(&socket, rx, outbox, &closing);
             let conn = Conn {
                 shared: &shared,
                 closing: &closing,
                 member: &member,
             };
-            let reader = read_loop(&mut stream, conn);
+            let reader = read_loop(&socket, conn);
             tokio::pin!(writer);
             tokio::pin!(reader);
             let mut reader = WokenOnly::new(reader);
@@ -230,15 +225,16 @@ pub fn run(
         let user = member.membership.user().to_string();
         drop(member);
         // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
-        // session's future for the connection's whole life. Made in one statement: the
-        // reunited socket, a temporary of an `if let` around the await, took its 1.5 KiB there.
-        let finishing = sink
-            .reunite(stream)
-            .ok()
-            .map(|ws| Box::pin(finish(ws, closing.deadline(), failed, out_of_step)));
-        if let Some(finishing) = finishing {
-            finishing.await;
-        }
+        // session's future for the connection's whole life. Made in a statement of its own: a
+        // temporary of the await's statement would keep its space there (a reunited socket in
+        // an `if let` around the await once took 1.5 KiB).
+        let finishing = Box::pin(finish(
+            socket.into_inner(),
+            closing.deadline(),
+            failed,
+            out_of_step,
+        ));
+        finishing.await;
         shared.metrics.connections_open.dec();
         if ending.code == close::TRY_AGAIN_LATER {
             shared.metrics.slow_consumers_closed.inc();
@@ -334,7 +330,7 @@ async fn finish(
 /// Read frames until the peer's Close, or until this side decides to close; then, when the
 /// stream is still in step, keep reading and discarding until the peer's Close arrives (the
 /// caller bounds that by the closing deadline).
-async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
+async fn read_loop(socket: &Socket, conn: Conn<'_>) -> ReadEnd {
     let Conn {
         member, closing, ..
     } = conn;
@@ -343,7 +339,7 @@ async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
         outbox.close(code, reason.clone());
         closing.begin(Ending { code, reason });
     };
-    match serve_frames(stream, conn).await {
+    match serve_frames(socket, conn).await {
         Served::PeerClosed => return ReadEnd::Done,
         Served::Lost => return ReadEnd::Lost,
         Served::Close(ending) => close_with(ending.code, ending.reason),
@@ -363,7 +359,7 @@ async fn read_loop(stream: &mut Stream, conn: Conn<'_>) -> ReadEnd {
     // Closing: discard until the peer's Close. Input is still capped per frame by the
     // WebSocket layer, and the caller's deadline bounds the time.
     loop {
-        match stream.next().await {
+        match socket.next().await {
             Some(Ok(Message::Close(_))) | None => return ReadEnd::Done,
             Some(Ok(_)) => {}
             Some(Err(e)) => {
@@ -409,7 +405,7 @@ enum Served {
 }
 
 /// The chat: each frame through the pipeline, until one of the reasons in [`Served`].
-async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
+async fn serve_frames(socket: &Socket, conn: Conn<'_>) -> Served {
     let Conn {
         shared,
         closing,
@@ -454,7 +450,7 @@ async fn serve_frames(stream: &mut Stream, conn: Conn<'_>) -> Served {
                 _ => (idle_at, Timer::Idle),
             }
         };
-        let msg = match tokio::time::timeout_at(at, stream.next()).await {
+        let msg = match tokio::time::timeout_at(at, socket.next()).await {
             Ok(Some(msg)) => msg,
             Ok(None) => return Served::Lost,
             Err(_) => match timer {
@@ -670,7 +666,7 @@ fn error_ending(e: &tungstenite::Error) -> Option<Ending> {
 /// fails; then send the Close frame. Returns false when the socket failed before closing began
 /// (nothing more can be sent), true once the Close was sent or attempted.
 async fn write_loop(
-    sink: &mut Sink,
+    socket: &Socket,
     mut rx: OutboxReader,
     outbox: &Outbox,
     closing: &Closing,
@@ -697,6 +693,8 @@ async fn write_loop(
     };
     tokio::pin!(interrupt);
     let mut items = VecDeque::new();
+    // Bytes of the first queued frame already written (a socket that took part of a batch).
+    let mut partial = 0;
     loop {
         tokio::select! {
             biased;
@@ -707,37 +705,31 @@ async fn write_loop(
         // will not drain must not hold us here past an overflow or a shutdown.
         let mut close_requested = false;
         let batch = async {
-            'batch: loop {
-                loop {
-                    // Ready first, then take the frame: no frame is held across the wait (it
-                    // would take its space in every connection's future).
-                    std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-                    let Some(it) = items.pop_front() else { break };
-                    match it {
-                        Outgoing::Frame(m) => {
-                            let len = m.len();
-                            sink.start_send_unpin(m)?;
-                            outbox.written(len);
-                        }
-                        Outgoing::Close(code, reason) => {
-                            closing.begin(Ending { code, reason });
-                            close_requested = true;
-                            break 'batch;
-                        }
-                    }
+            loop {
+                std::future::poll_fn(|cx| {
+                    socket.poll_frames(cx, &mut items, &mut partial, |len| outbox.written(len))
+                })
+                .await?;
+                if let Some(Outgoing::Close(code, reason)) = items.front() {
+                    closing.begin(Ending {
+                        code: *code,
+                        reason: reason.clone(),
+                    });
+                    close_requested = true;
+                    break;
                 }
                 if !rx.try_batch(&mut items) {
                     break;
                 }
             }
-            sink.flush().await
+            socket.flush().await
         };
         let outcome = tokio::select! {
             r = batch => r.is_ok(),
             ending = &mut interrupt => { closing.begin(ending); break; }
         };
-        // A write that fails once closing began (the peer's Close came first, so tungstenite
-        // refuses data frames) still lets the Close go out: it flushes tungstenite's reply.
+        // A write that fails once closing began (the peer's Close came first, so no data may
+        // follow it) still lets the Close go out: it flushes tungstenite's reply.
         if !outcome && closing.deadline().is_none() {
             return false;
         }
@@ -745,6 +737,7 @@ async fn write_loop(
             break;
         }
         items.clear();
+        partial = 0;
         OutboxReader::trim(&mut items);
     }
     if let Some(ending) = closing.ending() {
@@ -752,7 +745,7 @@ async fn write_loop(
             code: ending.code,
             reason: ending.reason.as_ref().into(),
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = socket.send(Message::Close(Some(frame))).await;
     }
     closing.mark_sent();
     true

@@ -35,7 +35,7 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_PENDING_HANDSHAKE: usize = 0xffff + 5 + 16 * 1024;
 const MAX_PENDING_TRAFFIC: usize = 16 * 1024 + 2048 + 5;
 /// Plaintext taken per write: one full record.
-const WRITE_CHUNK: usize = 16 * 1024;
+pub const WRITE_CHUNK: usize = 16 * 1024;
 
 /// A server-side TLS stream over a TCP socket.
 pub struct TlsStream {

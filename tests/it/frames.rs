@@ -5,7 +5,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 
 use crate::support::*;
 
@@ -185,4 +185,47 @@ async fn json_depth_bomb_and_wide_object_get_an_error_not_a_crash() {
     assert_eq!(recv_json(&mut b).await["text"], "wide");
     say(&mut a, "still serving").await;
     assert_eq!(recv_json(&mut b).await["text"], "still serving");
+}
+
+/// The server writes chat frames itself (socket.rs) and tungstenite writes the pongs: with
+/// pings and messages arriving together, every pong comes back with its own payload and every
+/// message whole and in order, and nothing else (a pong cut by a chat frame would be a
+/// protocol error here).
+#[tokio::test]
+async fn pongs_and_chat_frames_interleave_whole() {
+    let s = Server::start_with(|c| {
+        c.limits.messages_per_second = 1000;
+        c.limits.burst = 1000;
+    });
+    let mut a = s.join("alice", "lobby").await;
+    let mut b = s.join("bob", "lobby").await;
+    for i in 0..50u8 {
+        a.send(Message::Ping(vec![i; 1 + i as usize].into()))
+            .await
+            .unwrap();
+        say(&mut b, &format!("m{i}")).await;
+    }
+    let (mut pongs, mut texts) = (Vec::new(), Vec::new());
+    while pongs.len() < 50 || texts.len() < 50 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), a.next())
+            .await
+            .expect("timed out")
+            .expect("stream ended")
+            .expect("read error");
+        match m {
+            Message::Pong(p) => pongs.push(p.to_vec()),
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "message" {
+                    texts.push(v["text"].as_str().unwrap().to_string());
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let want_pongs: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 1 + i as usize]).collect();
+    assert_eq!(pongs, want_pongs);
+    let want_texts: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, want_texts);
+    expect_nothing_more(&s, &mut a, "lobby").await;
 }
