@@ -116,8 +116,24 @@ impl Socket {
         })
     }
 
-    /// Everything written so far onto the wire (tungstenite's pending pong with it).
+    /// Everything written so far onto the wire. Through tungstenite only when it may hold
+    /// something of its own (a pong, a Close reply): its flush registers wakers on every call,
+    /// 2.5 % of the CPU at one delivery per write.
     pub async fn flush(&self) -> Result<(), Error> {
+        std::future::poll_fn(|cx| {
+            let mut ws = self.lock();
+            if self.pinged.load(Ordering::Relaxed) || self.peer_closed.load(Ordering::Relaxed) {
+                ready!(ws.poll_flush_unpin(cx))?;
+                self.pinged.store(false, Ordering::Relaxed);
+                return Poll::Ready(Ok(()));
+            }
+            Pin::new(ws.get_mut()).poll_flush(cx).map_err(Error::from)
+        })
+        .await
+    }
+
+    /// As [`Socket::flush`], always through tungstenite.
+    async fn flush_all(&self) -> Result<(), Error> {
         std::future::poll_fn(|cx| self.lock().poll_flush_unpin(cx)).await
     }
 
@@ -127,7 +143,7 @@ impl Socket {
     pub async fn send(&self, msg: Message) -> Result<(), Error> {
         std::future::poll_fn(|cx| self.lock().poll_ready_unpin(cx)).await?;
         let sent = self.lock().start_send_unpin(msg);
-        let flushed = self.flush().await;
+        let flushed = self.flush_all().await;
         sent.and(flushed)
     }
 }
