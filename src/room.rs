@@ -16,9 +16,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::RoomsConfig;
@@ -58,10 +59,10 @@ pub struct Outbox {
     closed: AtomicBool,
     /// Set when the server is shutting down; the writer sees it through `wake` and closes 1001.
     stopping: AtomicBool,
-    /// Wakes the writer's wait for frames.
-    ready: Notify,
-    /// Wakes the writer's watch for an overflow or a shutdown.
-    pub wake: Notify,
+    /// The writer's task, woken for a frame, an overflow or a shutdown: all of the writer's
+    /// waits run in its session's one task, so one waker serves them (two tokio `Notify`s
+    /// took a lock on every push and on every poll of the writer).
+    waker: AtomicWaker,
 }
 
 /// The writer's end of an [`Outbox`]; dropping it closes the outbox.
@@ -75,13 +76,18 @@ impl OutboxReader {
     /// something. The two queues trade places, so no batch allocates: a writer keeps its
     /// `into` between batches (see [`OutboxReader::trim`]).
     pub async fn batch(&mut self, into: &mut VecDeque<Outgoing>) {
-        loop {
+        std::future::poll_fn(|cx| {
             if self.try_batch(into) {
-                return;
+                return Poll::Ready(());
             }
-            // A push between the swap and this wait leaves a permit: no wake-up is lost.
-            self.outbox.ready.notified().await;
-        }
+            self.outbox.waker.register(cx.waker());
+            // Looked at again once registered: a push in between found no waker to wake.
+            if self.try_batch(into) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// What is queued now, moved into `into` (empty), without waiting; false if nothing was.
@@ -124,8 +130,7 @@ impl Outbox {
             overflowed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            ready: Notify::new(),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
         });
         let reader = OutboxReader {
             outbox: outbox.clone(),
@@ -148,13 +153,11 @@ impl Outbox {
                 true
             }
         };
-        if queued {
-            self.ready.notify_one();
-        } else {
+        if !queued {
             self.queued.fetch_sub(len, Ordering::Relaxed);
             self.overflowed.store(true, Ordering::Relaxed);
-            self.wake.notify_one();
         }
+        self.waker.wake();
         queued
     }
 
@@ -171,7 +174,23 @@ impl Outbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(Outgoing::Close(code, reason.into()));
-        self.ready.notify_one();
+        self.waker.wake();
+    }
+
+    /// Resolves once the writer must stop: its queue overflowed, or the server is stopping.
+    pub async fn interrupted(&self) {
+        std::future::poll_fn(|cx| {
+            let now = || self.overflowed() || self.stopping();
+            if now() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if now() {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The writer reports bytes it has handed to the socket.
@@ -187,7 +206,7 @@ impl Outbox {
     /// not drain holds it (a queued Close would wait behind that socket).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
+        self.waker.wake();
     }
 
     pub fn stopping(&self) -> bool {

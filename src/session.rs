@@ -57,7 +57,10 @@ struct Ending {
 struct Closing {
     grace: Duration,
     started: OnceLock<(Ending, tokio::time::Instant)>,
-    began: Notify,
+    /// The session's task, woken when closing begins: the deadline must run even when
+    /// nothing else wakes the session (a peer that neither reads nor writes). A tokio
+    /// `Notify` here took a lock on every poll of the session, so on every delivery.
+    began: AtomicWaker,
     /// Set once the writer has sent (or tried to send) the Close.
     sent: AtomicBool,
     sent_notify: Notify,
@@ -72,7 +75,7 @@ impl Closing {
                 u16::from(ending.code),
                 &ending.reason
             );
-            self.began.notify_one();
+            self.began.wake();
             (ending, tokio::time::Instant::now() + self.grace)
         });
         let _ = first;
@@ -93,14 +96,21 @@ impl Closing {
 
     /// Resolves when closing has begun and its deadline has passed.
     async fn expired(&self) {
-        loop {
+        let deadline = std::future::poll_fn(|cx| {
             if let Some(deadline) = self.deadline() {
-                // Boxed: only a closing connection needs this timer, and inline it would
-                // take its space in every connection's future.
-                return Box::pin(tokio::time::sleep_until(deadline)).await;
+                return Poll::Ready(deadline);
             }
-            self.began.notified().await;
-        }
+            self.began.register(cx.waker());
+            // Looked at again once registered: closing may have begun in between.
+            match self.deadline() {
+                Some(deadline) => Poll::Ready(deadline),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        // Boxed: only a closing connection needs this timer, and inline it would take its
+        // space in every connection's future.
+        Box::pin(tokio::time::sleep_until(deadline)).await
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -167,7 +177,7 @@ pub fn run(
         let closing = Closing {
             grace: Duration::from_millis(shared.config.server.close_grace_ms),
             started: OnceLock::new(),
-            began: Notify::new(),
+            began: AtomicWaker::new(),
             sent: AtomicBool::new(false),
             sent_notify: Notify::new(),
         };
@@ -672,22 +682,17 @@ async fn write_loop(
     closing: &Closing,
 ) -> bool {
     // What ends the writer from outside: its queue overflowed, or the server is stopping.
-    // Built and pinned once, so its waiter stays registered instead of being re-created on
-    // every wake-up (that churn showed in profiles as a lock per delivery).
     let interrupt = async {
-        loop {
-            outbox.wake.notified().await;
-            if outbox.overflowed() {
-                break Ending {
-                    code: close::TRY_AGAIN_LATER,
-                    reason: "slow consumer".into(),
-                };
+        outbox.interrupted().await;
+        if outbox.overflowed() {
+            Ending {
+                code: close::TRY_AGAIN_LATER,
+                reason: "slow consumer".into(),
             }
-            if outbox.stopping() {
-                break Ending {
-                    code: close::GOING_AWAY,
-                    reason: "server shutting down".into(),
-                };
+        } else {
+            Ending {
+                code: close::GOING_AWAY,
+                reason: "server shutting down".into(),
             }
         }
     };

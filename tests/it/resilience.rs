@@ -181,6 +181,41 @@ async fn slow_consumer_is_closed_1013_and_the_room_keeps_its_pace() {
     );
 }
 
+/// A slow consumer that never reads again: the Close cannot reach it (its socket is full), so
+/// nothing the peer does wakes the session; it is cut at `close_grace_ms` all the same.
+#[tokio::test]
+async fn a_slow_consumer_that_never_reads_is_cut_at_the_close_grace() {
+    let s = Server::start_with(|c| {
+        c.limits.outbound_queue_bytes = 64 * 1024;
+        c.limits.messages_per_second = 100_000;
+        c.limits.burst = 100_000;
+        c.server.close_grace_ms = 500;
+    });
+    let _slow = s
+        .join_over(s.tcp_from("127.0.0.1", Some(4096)).await, "dave", "other")
+        .await;
+    let mut sender = s.join("alice", "other").await;
+    let mut healthy = s.join("bob", "other").await;
+    let text = "z".repeat(4000);
+    let mut sent_count = 0;
+    while !s.log().iter().any(|l| l.contains("closing with 1013")) {
+        assert!(sent_count < 5000, "never closed as a slow consumer");
+        say(&mut sender, &format!("{sent_count} {text}")).await;
+        recv_json(&mut healthy).await;
+        sent_count += 1;
+    }
+    let began = Instant::now();
+    // Waits up to 5 s: without the session woken at the start of closing, it waits until
+    // the peer reads or the next ping (25 s).
+    let line = s.wait_log("reason=\"slow consumer\"").await;
+    assert!(line.contains("user=dave"), "{line}");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "cut after {took:?} for a 500 ms grace"
+    );
+}
+
 #[tokio::test]
 async fn dead_peer_is_closed_after_idle_timeout_while_a_live_one_stays() {
     let s = Server::start_with(|c| {
