@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{cpu_us, rss_kib, Target, Ws};
+use crate::{cpu_split_us, cpu_us, rss_kib, Target, Ws};
 
 /// Log-linear latency histogram over microseconds: 16 sub-buckets per power of two.
 const BUCKETS: usize = 16 * 40;
@@ -216,6 +216,8 @@ struct StepResult {
     p99_ms: f64,
     max_ms: f64,
     server_cpu_us: Option<u64>,
+    /// The kernel's part of `server_cpu_us`.
+    server_sys_us: Option<u64>,
 }
 
 impl StepResult {
@@ -229,7 +231,7 @@ impl StepResult {
         format!(
             "{{\"rate\":{},\"sent\":{},\"expected\":{},\"delivered\":{},\"deliveries_per_sec\":{:.0},\
              \"delivered_ratio\":{:.4},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\
-             \"cpu_us_per_delivery\":{},\"server_rss_kib\":{}}}",
+             \"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"server_rss_kib\":{}}}",
             self.rate,
             self.sent,
             self.expected,
@@ -240,6 +242,9 @@ impl StepResult {
             self.p99_ms,
             self.max_ms,
             self.server_cpu_us
+                .map(|c| format!("{:.3}", c as f64 / self.delivered.max(1) as f64))
+                .unwrap_or("null".into()),
+            self.server_sys_us
                 .map(|c| format!("{:.3}", c as f64 / self.delivered.max(1) as f64))
                 .unwrap_or("null".into()),
             rss.map(|r| r.to_string()).unwrap_or("null".into()),
@@ -268,9 +273,11 @@ async fn run_step(
     let measure_from_us = start_us + warm.as_micros() as u64;
     let end_us = start_us + total.as_micros() as u64;
     let cpu_at = Arc::new(AtomicU64::new(0));
+    let sys_at = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (k, sink) in std::mem::take(&mut room.senders).into_iter().enumerate() {
-        let (sent, pad, epoch, cpu_at) = (sent.clone(), pad.clone(), room.epoch, cpu_at.clone());
+        let (sent, pad, epoch) = (sent.clone(), pad.clone(), room.epoch);
+        let (cpu_at, sys_at) = (cpu_at.clone(), sys_at.clone());
         tasks.push(tokio::spawn(async move {
             let mut sink = sink;
             // Senders start staggered across one interval (sender k of n at k/n of it) so the
@@ -283,7 +290,9 @@ async fn run_step(
                     tokio::time::sleep(Duration::from_micros(next - now)).await;
                 }
                 if k == 0 && next >= measure_from_us && cpu_at.load(Ordering::Relaxed) == 0 {
-                    cpu_at.store(pid.and_then(cpu_us).unwrap_or(1).max(1), Ordering::Relaxed);
+                    let (user, system) = pid.and_then(cpu_split_us).unwrap_or((1, 0));
+                    sys_at.store(system, Ordering::Relaxed);
+                    cpu_at.store((user + system).max(1), Ordering::Relaxed);
                 }
                 // Everything due by now goes out in one batch and one flush.
                 let now = epoch.elapsed().as_micros() as u64;
@@ -317,7 +326,8 @@ async fn run_step(
             room.senders.push(sink);
         }
     }
-    let cpu_end = pid.and_then(cpu_us);
+    let split_end = pid.and_then(cpu_split_us);
+    let cpu_end = split_end.map(|(user, system)| user + system);
     // Let deliveries in flight land (and count them): up to 2 s.
     let s = &room.stats[step];
     let mut last = s.delivered.load(Ordering::Relaxed);
@@ -349,12 +359,18 @@ async fn run_step(
             (c0, Some(c1)) if c0 > 1 => Some(c1.saturating_sub(c0)),
             _ => None,
         },
+        server_sys_us: match (cpu_start, split_end) {
+            (c0, Some((_, s1))) if c0 > 1 => {
+                Some(s1.saturating_sub(sys_at.load(Ordering::Relaxed)))
+            }
+            _ => None,
+        },
     }
 }
 
 fn print_step(r: &StepResult) {
     println!(
-        "  rate {:>7.0} msg/s: {:>9.0} deliveries/s ({:.1} % of expected), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms{}",
+        "  rate {:>7.0} msg/s: {:>9.0} deliveries/s ({:.1} % of expected), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms{}{}",
         r.rate,
         r.deliveries_per_sec(),
         r.delivered_ratio() * 100.0,
@@ -363,6 +379,9 @@ fn print_step(r: &StepResult) {
         r.max_ms,
         r.server_cpu_us
             .map(|c| format!(", {:.2} CPU-us/delivery", c as f64 / r.delivered.max(1) as f64))
+            .unwrap_or_default(),
+        r.server_sys_us
+            .map(|c| format!(" ({:.2} of it in the kernel)", c as f64 / r.delivered.max(1) as f64))
             .unwrap_or_default()
     );
 }

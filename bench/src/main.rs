@@ -256,13 +256,21 @@ impl Target {
 
 /// A process's CPU time (user + system) in microseconds, from /proc.
 pub fn cpu_us(pid: u32) -> Option<u64> {
+    cpu_split_us(pid).map(|(user, system)| user + system)
+}
+
+/// A process's CPU time in user space and in the kernel, in microseconds, from /proc. The
+/// kernel's part of a delivery (the write, and on loopback the receiver's TCP path too) is
+/// the same for every server; the user part is where servers differ.
+pub fn cpu_split_us(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the ")" that closes the command name; utime and stime are 14th and 15th.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let user: u64 = f.get(11)?.parse().ok()?;
+    let system: u64 = f.get(12)?.parse().ok()?;
     // USER_HZ is 100 on Linux.
-    Some(ticks * 10_000)
+    Some((user * 10_000, system * 10_000))
 }
 
 /// A process's resident memory in KiB.
