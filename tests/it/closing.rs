@@ -115,15 +115,8 @@ async fn an_oversize_frame_among_others_gets_1009() {
 
 #[tokio::test]
 async fn a_slow_consumer_that_keeps_sending_reads_1013_once_it_reads() {
-    let s = Server::start_with(|c| {
-        c.limits.outbound_queue_bytes = 64 * 1024;
-        c.limits.messages_per_second = 100_000;
-        c.limits.burst = 100_000;
-    });
     // A reader with a tiny receive window that does not read, but sends all the time.
-    let slow = s
-        .join_over(s.tcp_from("127.0.0.1", Some(4096)).await, "dave", "other")
-        .await;
+    let (s, slow) = with_slow_reader(|_| {}).await;
     let (mut slow_tx, mut slow_rx) = slow.split();
     let sender = tokio::spawn(async move {
         let mut sent = 0u32;

@@ -131,15 +131,8 @@ async fn slowloris_is_dropped_at_the_handshake_deadline_and_others_get_in() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_1013_and_the_room_keeps_its_pace() {
-    let s = Server::start_with(|c| {
-        c.limits.outbound_queue_bytes = 64 * 1024;
-        c.limits.messages_per_second = 100_000;
-        c.limits.burst = 100_000;
-    });
     // A reader with a tiny receive window that never reads.
-    let mut slow = s
-        .join_over(s.tcp_from("127.0.0.1", Some(4096)).await, "dave", "other")
-        .await;
+    let (s, mut slow) = with_slow_reader(|_| {}).await;
     let mut sender = s.join("alice", "other").await;
     let mut healthy = s.join("bob", "other").await;
 
@@ -185,15 +178,7 @@ async fn slow_consumer_is_closed_1013_and_the_room_keeps_its_pace() {
 /// nothing the peer does wakes the session; it is cut at `close_grace_ms` all the same.
 #[tokio::test]
 async fn a_slow_consumer_that_never_reads_is_cut_at_the_close_grace() {
-    let s = Server::start_with(|c| {
-        c.limits.outbound_queue_bytes = 64 * 1024;
-        c.limits.messages_per_second = 100_000;
-        c.limits.burst = 100_000;
-        c.server.close_grace_ms = 500;
-    });
-    let _slow = s
-        .join_over(s.tcp_from("127.0.0.1", Some(4096)).await, "dave", "other")
-        .await;
+    let (s, _slow) = with_slow_reader(|c| c.server.close_grace_ms = 500).await;
     let mut sender = s.join("alice", "other").await;
     let mut healthy = s.join("bob", "other").await;
     let text = "z".repeat(4000);

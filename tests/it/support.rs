@@ -449,6 +449,22 @@ pub fn mint_jwt(sub: &str, exp_offset: i64, rooms: Option<Vec<&str>>, secret: &s
 }
 
 /// The next data frame as JSON; fails the test after 5 s or on a close.
+/// A server whose outboxes hold 64 KiB and whose rate limits are out of the way (plus
+/// `change`), and "dave" in room "other" over a 4 KiB receive window, not reading: a slow
+/// consumer once the room is busy.
+pub async fn with_slow_reader(change: impl FnOnce(&mut Config)) -> (Server, Ws) {
+    let s = Server::start_with(|c| {
+        c.limits.outbound_queue_bytes = 64 * 1024;
+        c.limits.messages_per_second = 100_000;
+        c.limits.burst = 100_000;
+        change(c);
+    });
+    let slow = s
+        .join_over(s.tcp_from("127.0.0.1", Some(4096)).await, "dave", "other")
+        .await;
+    (s, slow)
+}
+
 pub async fn recv_json(ws: &mut Ws) -> Value {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
