@@ -12,7 +12,10 @@ DEFAULT = [
     ("epoll_wait", r"epoll_wait"),
     ("rustls encrypt (seal)", r"seal|encrypt"),
     ("rustls decrypt (open)", r"open_in_place|decrypt"),
-    ("tungstenite", r"tungstenite::"),
+    # Anchored at a frame's start: type parameters (WebSocketStream<...> in our own frames)
+    # would otherwise count every stack that merely carries the type.
+    ("tungstenite", r"(^|;)<?(tokio_)?tungstenite::"),
+    ("our framing (socket.rs)", r"(^|;)<?wss_chat::socket::"),
     ("tokio scheduler and wakers", r"tokio::runtime::(scheduler|task)"),
     ("outbox channel", r"mpsc|Outbox|OutboxReader"),
     ("fan-out (Room::deliver)", r"RoomState::deliver|Room::publish|Room::settle"),
