@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
@@ -65,6 +65,24 @@ pub struct Outbox {
     waker: AtomicWaker,
 }
 
+/// Ready with what `ready` finds, else Pending with the task registered in `waker`, whose
+/// `wake` follows every change `ready` looks at. Looked at again once registered: a change in
+/// between found no waker to wake.
+pub fn poll_until<T>(
+    waker: &AtomicWaker,
+    cx: &mut Context<'_>,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Poll<T> {
+    if let Some(t) = ready() {
+        return Poll::Ready(t);
+    }
+    waker.register(cx.waker());
+    match ready() {
+        Some(t) => Poll::Ready(t),
+        None => Poll::Pending,
+    }
+}
+
 /// The writer's end of an [`Outbox`]; dropping it closes the outbox.
 #[derive(Debug)]
 pub struct OutboxReader {
@@ -76,28 +94,16 @@ impl OutboxReader {
     /// something. The two queues trade places, so no batch allocates: a writer keeps its
     /// `into` between batches (see [`OutboxReader::trim`]).
     pub async fn batch(&mut self, into: &mut VecDeque<Outgoing>) {
+        let outbox = &self.outbox;
         std::future::poll_fn(|cx| {
-            if self.try_batch(into) {
-                return Poll::Ready(());
-            }
-            self.outbox.waker.register(cx.waker());
-            // Looked at again once registered: a push in between found no waker to wake.
-            if self.try_batch(into) {
-                return Poll::Ready(());
-            }
-            Poll::Pending
+            poll_until(&outbox.waker, cx, || outbox.take_into(into).then_some(()))
         })
         .await
     }
 
     /// What is queued now, moved into `into` (empty), without waiting; false if nothing was.
     pub fn try_batch(&mut self, into: &mut VecDeque<Outgoing>) -> bool {
-        let mut q = self.outbox.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.is_empty() {
-            return false;
-        }
-        std::mem::swap(&mut *q, into);
-        true
+        self.outbox.take_into(into)
     }
 
     /// Once a batch is written, give its queue's memory back: an idle connection keeps
@@ -180,17 +186,21 @@ impl Outbox {
     /// Resolves once the writer must stop: its queue overflowed, or the server is stopping.
     pub async fn interrupted(&self) {
         std::future::poll_fn(|cx| {
-            let now = || self.overflowed() || self.stopping();
-            if now() {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if now() {
-                return Poll::Ready(());
-            }
-            Poll::Pending
+            poll_until(&self.waker, cx, || {
+                (self.overflowed() || self.stopping()).then_some(())
+            })
         })
         .await
+    }
+
+    /// What is queued now, swapped into `into` (empty); false if nothing was.
+    fn take_into(&self, into: &mut VecDeque<Outgoing>) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut *q, into);
+        true
     }
 
     /// The writer reports bytes it has handed to the socket.

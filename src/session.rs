@@ -39,7 +39,7 @@ use crate::handshake::Admitted;
 use crate::limits::{ConnGuard, Verdict};
 use crate::moderation::Action;
 use crate::protocol::{close, ClientFrame, ErrorCode, ServerFrame, MAX_ID_CHARS};
-use crate::room::{Outbox, OutboxReader, Outgoing};
+use crate::room::{poll_until, Outbox, OutboxReader, Outgoing};
 use crate::socket::{Socket, Ws};
 use crate::Shared;
 
@@ -96,18 +96,8 @@ impl Closing {
 
     /// Resolves when closing has begun and its deadline has passed.
     async fn expired(&self) {
-        let deadline = std::future::poll_fn(|cx| {
-            if let Some(deadline) = self.deadline() {
-                return Poll::Ready(deadline);
-            }
-            self.began.register(cx.waker());
-            // Looked at again once registered: closing may have begun in between.
-            match self.deadline() {
-                Some(deadline) => Poll::Ready(deadline),
-                None => Poll::Pending,
-            }
-        })
-        .await;
+        let deadline =
+            std::future::poll_fn(|cx| poll_until(&self.began, cx, || self.deadline())).await;
         // Boxed: only a closing connection needs this timer, and inline it would take its
         // space in every connection's future.
         Box::pin(tokio::time::sleep_until(deadline)).await

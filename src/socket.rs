@@ -98,10 +98,7 @@ impl Socket {
             return Poll::Ready(Err(Error::Protocol(ProtocolError::SendAfterClosing)));
         }
         let mut ws = self.lock();
-        if self.pinged.load(Ordering::Relaxed) {
-            ready!(ws.poll_flush_unpin(cx))?;
-            self.pinged.store(false, Ordering::Relaxed);
-        }
+        ready!(self.poll_flush_own(&mut ws, cx))?;
         SCRATCH.with_borrow_mut(|scratch| loop {
             scratch.clear();
             fill(scratch, items, *partial);
@@ -122,14 +119,23 @@ impl Socket {
     pub async fn flush(&self) -> Result<(), Error> {
         std::future::poll_fn(|cx| {
             let mut ws = self.lock();
-            if self.pinged.load(Ordering::Relaxed) || self.peer_closed.load(Ordering::Relaxed) {
-                ready!(ws.poll_flush_unpin(cx))?;
-                self.pinged.store(false, Ordering::Relaxed);
+            if ready!(self.poll_flush_own(&mut ws, cx))? {
                 return Poll::Ready(Ok(()));
             }
             Pin::new(ws.get_mut()).poll_flush(cx).map_err(Error::from)
         })
         .await
+    }
+
+    /// What tungstenite may hold of its own (a pong, its Close reply) sent through its flush,
+    /// which flushes the TLS stream too: Ready(true) once done, Ready(false) if it holds none.
+    fn poll_flush_own(&self, ws: &mut Ws, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        if !self.pinged.load(Ordering::Relaxed) && !self.peer_closed.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(false));
+        }
+        ready!(ws.poll_flush_unpin(cx))?;
+        self.pinged.store(false, Ordering::Relaxed);
+        Poll::Ready(Ok(true))
     }
 
     /// As [`Socket::flush`], always through tungstenite.
