@@ -156,37 +156,28 @@ impl Socket {
 
 /// A frame's header (a server's: final, unmasked) and payload.
 fn parts(m: &Message) -> ([u8; 14], usize, Cow<'_, [u8]>) {
-    let (opcode, payload): (OpCode, Cow<'_, [u8]>) = match m {
-        Message::Text(t) => (OpCode::Data(Data::Text), Cow::Borrowed(t.as_bytes())),
-        Message::Binary(b) => (OpCode::Data(Data::Binary), Cow::Borrowed(b)),
-        Message::Ping(p) => (OpCode::Control(Control::Ping), Cow::Borrowed(p)),
-        Message::Pong(p) => (OpCode::Control(Control::Pong), Cow::Borrowed(p)),
-        // Not queued by this server (a Close goes through `Socket::send`); encoded all the same.
-        Message::Close(c) => {
-            let f = Frame::close(c.clone());
-            (
-                OpCode::Control(Control::Close),
-                Cow::Owned(f.into_payload().to_vec()),
-            )
-        }
-        Message::Frame(f) => {
-            let mut header = [0u8; 14];
-            let mut out = &mut header[..];
-            let _ = f.header().format(f.payload().len() as u64, &mut out);
-            let n = 14 - out.len();
-            return (header, n, Cow::Borrowed(f.payload()));
-        }
-    };
-    let h = FrameHeader {
+    let data = |opcode| FrameHeader {
         opcode,
         ..FrameHeader::default()
     };
-    let mut header = [0u8; 14];
-    let mut out = &mut header[..];
+    let (header, payload): (FrameHeader, Cow<'_, [u8]>) = match m {
+        Message::Text(t) => (data(OpCode::Data(Data::Text)), Cow::Borrowed(t.as_bytes())),
+        Message::Binary(b) => (data(OpCode::Data(Data::Binary)), Cow::Borrowed(b)),
+        Message::Ping(p) => (data(OpCode::Control(Control::Ping)), Cow::Borrowed(p)),
+        Message::Pong(p) => (data(OpCode::Control(Control::Pong)), Cow::Borrowed(p)),
+        // Not queued by this server (a Close goes through `Socket::send`); encoded all the same.
+        Message::Close(c) => {
+            let f = Frame::close(c.clone());
+            (f.header().clone(), Cow::Owned(f.into_payload().to_vec()))
+        }
+        Message::Frame(f) => (f.header().clone(), Cow::Borrowed(f.payload())),
+    };
+    let mut bytes = [0u8; 14];
+    let mut out = &mut bytes[..];
     // Cannot fail: the longest header is 14 bytes.
-    let _ = h.format(payload.len() as u64, &mut out);
+    let _ = header.format(payload.len() as u64, &mut out);
     let n = 14 - out.len();
-    (header, n, payload)
+    (bytes, n, payload)
 }
 
 /// Encode the frames at the front of `items` into `scratch`, skipping the first `skip` bytes
