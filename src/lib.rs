@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod handshake;
 pub mod headers;
+pub mod hkdf;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -33,7 +33,7 @@ pub struct CertStore {
 impl CertStore {
     /// Load the pair at these paths; fails with the config key at fault.
     pub fn load(cert: &Path, key: &Path, profile: TlsProfile) -> Result<Arc<CertStore>, String> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(crate::hkdf::provider());
         let ck = load_pair(cert, key, profile, &provider)?;
         Ok(Arc::new(CertStore {
             current: RwLock::new(Arc::new(ck)),
