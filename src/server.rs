@@ -21,7 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::limits::{CapCounter, ConnGuard};
-use crate::tls_io::TlsStream;
+use crate::tls_io::{Accepted, TlsStream};
 use crate::Shared;
 
 /// Largest HTTP request head we read (request line plus headers); past it hyper answers 431.
@@ -112,35 +112,27 @@ async fn connection(
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(shared.config.server.handshake_timeout_ms);
     let mut shutdown = shared.shutdown.clone();
-    // A TLS connection opens with a handshake record (0x16); a letter is someone speaking plain
-    // HTTP to this port (a wrong URL scheme, a misrouted proxy). Tell them, rather than close
-    // in silence as a failed TLS handshake would.
-    let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await;
-    if matches!(peeked, Ok(Ok(1))) && first[0].is_ascii_alphabetic() {
-        debug!(%peer, "plain HTTP on the TLS port");
-        shared.metrics.refused("request");
-        let mut tcp = tcp;
-        let _ = tokio::time::timeout_at(deadline, tcp.write_all(PLAIN_HTTP_ANSWER)).await;
-        // Read what is left of the request before closing, so the answer is not lost to a reset.
-        let mut sink = vec![0u8; 1024];
-        let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut sink)).await;
-        return;
-    }
-    let tls = tokio::select! {
-        r = tokio::time::timeout_at(deadline, TlsStream::accept(tls, tcp)) => match r {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "TLS handshake timed out");
-                shared.metrics.refused("timeout");
-                return;
-            }
-        },
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, TlsStream::accept(tls, tcp)) => r,
         _ = shutdown.wait_for(|s| *s) => return,
+    };
+    let tls = match handshake {
+        Ok(Ok(Accepted::Tls(tls))) => tls,
+        Ok(Ok(Accepted::PlainHttp(tcp))) => {
+            debug!(%peer, "plain HTTP on the TLS port");
+            shared.metrics.refused("request");
+            answer_plain_http(tcp, deadline).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            shared.metrics.refused("timeout");
+            return;
+        }
     };
     let mut tls = tls;
     let cork = tls.cork();
@@ -169,4 +161,13 @@ async fn connection(
         }
         _ = shutdown.wait_for(|s| *s) => {}
     }
+}
+
+/// Tell a peer that spoke plain HTTP to the TLS port (a wrong URL scheme, a misrouted proxy)
+/// to use TLS, rather than close in silence as a failed TLS handshake would; then read what is
+/// left of its request before closing, so the answer is not lost to a reset.
+async fn answer_plain_http(mut tcp: TcpStream, deadline: tokio::time::Instant) {
+    let _ = tokio::time::timeout_at(deadline, tcp.write_all(PLAIN_HTTP_ANSWER)).await;
+    let mut sink = vec![0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut sink)).await;
 }

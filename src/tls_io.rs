@@ -59,6 +59,17 @@ pub struct TlsStream {
     cork: Option<Cork>,
 }
 
+/// What [`TlsStream::accept`] found on a socket.
+// Made once per connection and moved straight into its session: a box would be one more
+// allocation per connection, for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Accepted {
+    /// The handshake is done.
+    Tls(TlsStream),
+    /// The peer spoke plain HTTP (what it sent is dropped): the caller tells it to use TLS.
+    PlainHttp(TcpStream),
+}
+
 /// Holds a stream's output back while set. The 101 is written by hyper, which flushes it
 /// alone; the session's welcome follows moments later in a record and a write of its own.
 /// Held from the moment the gate admits the upgrade until the session takes the stream over
@@ -92,8 +103,9 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl TlsStream {
-    /// Run the TLS handshake on `tcp` (the caller bounds its time).
-    pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+    /// Run the TLS handshake on `tcp` (the caller bounds its time), unless the peer speaks
+    /// plain HTTP.
+    pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Accepted> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut s = TlsStream {
             tcp,
@@ -108,8 +120,17 @@ impl TlsStream {
             write_closed: false,
             cork: None,
         };
+        // A TLS connection opens with a handshake record (0x16); a letter is someone speaking
+        // plain HTTP to this port. Told from the first read the handshake needs anyway (a
+        // `peek` before it was a system call per connection).
+        if std::future::poll_fn(|cx| s.poll_fill(cx)).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if s.incoming[0].is_ascii_alphabetic() {
+            return Ok(Accepted::PlainHttp(s.tcp));
+        }
         std::future::poll_fn(|cx| s.poll_handshake(cx)).await?;
-        Ok(s)
+        Ok(Accepted::Tls(s))
     }
 
     /// The cork this stream obeys from now on (released: output flows as before).
