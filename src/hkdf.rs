@@ -4,7 +4,7 @@
 //! pseudorandom key (PRK) again for each label, two hash blocks, and a PRK that came out of
 //! HKDF-Extract is not kept at all: aws-lc-rs runs the extract again on every expand. A full
 //! TLS 1.3 handshake expands about twenty labels from seven keys, so with SHA-384 (which has
-//! no hardware help on x86) HKDF was ~18 % of a handshake's CPU (`bench/profile.sh
+//! no hardware help on x86) HKDF was ~17 % of a handshake's CPU (`bench/profile.sh
 //! handshakes-x25519`). Here a PRK is keyed into HMAC once (aws-lc-rs's `hmac::Key` keeps the
 //! inner and outer hash states) and each expand costs HMAC's own two blocks. The function is
 //! the same (RFC 5869) on the same aws-lc primitives; the tests check it against the
