@@ -19,7 +19,7 @@ use rustls::crypto::tls13::{Hkdf, HkdfExpander, OkmBlock, OutputLengthError};
 use rustls::crypto::CryptoProvider;
 use rustls::{CipherSuiteCommon, SupportedCipherSuite, Tls13CipherSuite};
 
-/// aws-lc-rs's provider with its TLS 1.3 suites deriving keys through [`KeyedHkdf`].
+/// aws-lc-rs's provider with its TLS 1.3 suites deriving keys through `KeyedHkdf` below.
 pub fn provider() -> CryptoProvider {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     for suite in &mut provider.cipher_suites {
@@ -63,7 +63,7 @@ static SUITES: LazyLock<Vec<Tls13CipherSuite>> = LazyLock::new(|| {
 });
 
 /// HKDF over one of aws-lc-rs's HMACs.
-pub struct KeyedHkdf(&'static hmac::Algorithm);
+struct KeyedHkdf(&'static hmac::Algorithm);
 
 impl KeyedHkdf {
     fn len(&self) -> usize {
