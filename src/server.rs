@@ -116,7 +116,7 @@ async fn connection(
         r = tokio::time::timeout_at(deadline, TlsStream::accept(tls, tcp)) => r,
         _ = shutdown.wait_for(|s| *s) => return,
     };
-    let tls = match handshake {
+    let mut tls = match handshake {
         Ok(Ok(Accepted::Tls(tls))) => tls,
         Ok(Ok(Accepted::PlainHttp(tcp))) => {
             debug!(%peer, "plain HTTP on the TLS port");
@@ -134,7 +134,6 @@ async fn connection(
             return;
         }
     };
-    let mut tls = tls;
     let cork = tls.cork();
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
