@@ -69,22 +69,18 @@ impl KeyedHkdf {
     fn len(&self) -> usize {
         self.0.digest_algorithm().output_len()
     }
-
-    fn extract(&self, salt: Option<&[u8]>, secret: &[u8]) -> Box<dyn HkdfExpander> {
-        let zeroes = [0u8; OkmBlock::MAX_LEN];
-        let salt = salt.unwrap_or(&zeroes[..self.len()]);
-        let prk = OkmBlock::new(hmac::sign(&hmac::Key::new(*self.0, salt), secret).as_ref());
-        self.expander_for_okm(&prk)
-    }
 }
 
 impl Hkdf for KeyedHkdf {
     fn extract_from_zero_ikm(&self, salt: Option<&[u8]>) -> Box<dyn HkdfExpander> {
-        self.extract(salt, &[0u8; OkmBlock::MAX_LEN][..self.len()])
+        self.extract_from_secret(salt, &[0u8; OkmBlock::MAX_LEN][..self.len()])
     }
 
     fn extract_from_secret(&self, salt: Option<&[u8]>, secret: &[u8]) -> Box<dyn HkdfExpander> {
-        self.extract(salt, secret)
+        let zeroes = [0u8; OkmBlock::MAX_LEN];
+        let salt = salt.unwrap_or(&zeroes[..self.len()]);
+        let prk = OkmBlock::new(hmac::sign(&hmac::Key::new(*self.0, salt), secret).as_ref());
+        self.expander_for_okm(&prk)
     }
 
     fn expander_for_okm(&self, okm: &OkmBlock) -> Box<dyn HkdfExpander> {

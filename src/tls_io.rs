@@ -122,11 +122,10 @@ impl TlsStream {
         };
         // A TLS connection opens with a handshake record (0x16); a letter is someone speaking
         // plain HTTP to this port. Told from the first read the handshake needs anyway (a
-        // `peek` before it was a system call per connection).
-        if std::future::poll_fn(|cx| s.poll_fill(cx)).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        if s.incoming[0].is_ascii_alphabetic() {
+        // `peek` before it was a system call per connection); an empty read is the handshake's
+        // to report.
+        std::future::poll_fn(|cx| s.poll_fill(cx)).await?;
+        if s.incoming.first().is_some_and(u8::is_ascii_alphabetic) {
             return Ok(Accepted::PlainHttp(s.tcp));
         }
         std::future::poll_fn(|cx| s.poll_handshake(cx)).await?;
