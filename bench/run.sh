@@ -151,6 +151,10 @@ metrics = [
     ("big room: last delivery ms (max)", "bigroom", "max_ms", False),
     ("big room: CPU-us per delivery", "bigroom", "cpu_us_per_delivery", False),
     ("churn: p99 ms at 100 msg/s, 50 joins+leaves/s", "churn", "p99_ms", False),
+    # Not the server's figures: how much the host and the client took from the run.
+    ("host steal % over the broadcast step (a quiet host: under 5)", "broadcast", "steal_pct", None),
+    ("load generator's CPU, % of its core, broadcast", "broadcast", "loadgen_pct", None),
+    ("load generator's CPU, % of its core, churn", "churn", "loadgen_pct", None),
 ]
 servers = [s for s in ["wss-chat", "wss-chat-off", "wss-chat-before", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
 peers = [s for s in servers if s not in ("wss-chat", "wss-chat-2core")]
@@ -160,11 +164,18 @@ def med(name, mode, key):
 fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
 print("| metric | " + " | ".join(servers) + " | " + " | ".join(f"wss-chat / {p}" for p in peers) + " |")
 print("|---" * (1 + len(servers) + len(peers)) + "|")
-for label, mode, key, _ in metrics:
+for label, mode, key, better in metrics:
     vals = {s: med(s, mode, key) for s in servers}
     ratios = []
     for p in peers:
         a, b = vals.get("wss-chat"), vals.get(p)
-        ratios.append("-" if not a or not b else f"{a / b:.2f}x")
+        ratios.append("-" if not a or not b or better is None else f"{a / b:.2f}x")
     print(f"| {label} | " + " | ".join(fmt(vals[s]) for s in servers) + " | " + " | ".join(ratios) + " |")
+steal = [(r["steal_pct"], name, mode) for (name, mode), rs in rows.items() for r in rs if r.get("steal_pct") is not None]
+if steal:
+    worst = max(steal)
+    over = sum(1 for v, _, _ in steal if v > 5)
+    print(f"\nHost steal over the measured steps: median {statistics.median(v for v, _, _ in steal):.1f} %, "
+          f"at most {worst[0]:.1f} % ({worst[1]} {worst[2]}); {over} of {len(steal)} steps above 5 %"
+          + (": the host slowed those, so compare ratios within this run, not figures across runs." if over else "."))
 PY

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{cpu_split_us, cpu_us, rss_kib, Target, Ws};
+use crate::{cpu_split_us, cpu_us, rss_kib, Machine, MachineUse, Target, Ws};
 
 /// Log-linear latency histogram over microseconds: 16 sub-buckets per power of two.
 const BUCKETS: usize = 16 * 40;
@@ -218,6 +218,8 @@ struct StepResult {
     server_cpu_us: Option<u64>,
     /// The kernel's part of `server_cpu_us`.
     server_sys_us: Option<u64>,
+    /// The host's steal and the load generator's own CPU over the measured part.
+    machine: Option<MachineUse>,
 }
 
 impl StepResult {
@@ -231,7 +233,7 @@ impl StepResult {
         format!(
             "{{\"rate\":{},\"sent\":{},\"expected\":{},\"delivered\":{},\"deliveries_per_sec\":{:.0},\
              \"delivered_ratio\":{:.4},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\
-             \"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"server_rss_kib\":{}}}",
+             \"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"server_rss_kib\":{}{}}}",
             self.rate,
             self.sent,
             self.expected,
@@ -248,6 +250,7 @@ impl StepResult {
                 .map(|c| format!("{:.3}", c as f64 / self.delivered.max(1) as f64))
                 .unwrap_or("null".into()),
             rss.map(|r| r.to_string()).unwrap_or("null".into()),
+            machine_json(self.machine),
         )
     }
 }
@@ -274,10 +277,11 @@ async fn run_step(
     let end_us = start_us + total.as_micros() as u64;
     let cpu_at = Arc::new(AtomicU64::new(0));
     let sys_at = Arc::new(AtomicU64::new(0));
+    let machine_at = Arc::new(std::sync::OnceLock::new());
     let mut tasks = Vec::new();
     for (k, sink) in std::mem::take(&mut room.senders).into_iter().enumerate() {
         let (sent, pad, epoch) = (sent.clone(), pad.clone(), room.epoch);
-        let (cpu_at, sys_at) = (cpu_at.clone(), sys_at.clone());
+        let (cpu_at, sys_at, machine_at) = (cpu_at.clone(), sys_at.clone(), machine_at.clone());
         tasks.push(tokio::spawn(async move {
             let mut sink = sink;
             // Senders start staggered across one interval (sender k of n at k/n of it) so the
@@ -293,6 +297,9 @@ async fn run_step(
                     let (user, system) = pid.and_then(cpu_split_us).unwrap_or((1, 0));
                     sys_at.store(system, Ordering::Relaxed);
                     cpu_at.store((user + system).max(1), Ordering::Relaxed);
+                    if let Some(m) = Machine::now() {
+                        let _ = machine_at.set(m);
+                    }
                 }
                 // Everything due by now goes out in one batch and one flush.
                 let now = epoch.elapsed().as_micros() as u64;
@@ -327,6 +334,7 @@ async fn run_step(
         }
     }
     let split_end = pid.and_then(cpu_split_us);
+    let machine = machine_at.get().and_then(Machine::since);
     let cpu_end = split_end.map(|(user, system)| user + system);
     // Let deliveries in flight land (and count them): up to 2 s.
     let s = &room.stats[step];
@@ -365,12 +373,42 @@ async fn run_step(
             }
             _ => None,
         },
+        machine,
     }
+}
+
+/// `,"steal_pct":..,"loadgen_pct":..` for a RESULT line, or nothing when /proc could not say.
+fn machine_json(m: Option<MachineUse>) -> String {
+    m.map(|m| {
+        format!(
+            ",\"steal_pct\":{:.1},\"loadgen_pct\":{:.1}",
+            m.steal_pct, m.loadgen_pct
+        )
+    })
+    .unwrap_or_default()
+}
+
+/// How busy the machine was, for a step's line: a run with steal or a saturated load
+/// generator measured the host or the client as much as the server.
+fn machine_text(m: Option<MachineUse>) -> String {
+    m.map(|m| {
+        format!(
+            "; host steal {:.1} %, load generator {:.0} % of a core{}",
+            m.steal_pct,
+            m.loadgen_pct,
+            if m.steal_pct > 5.0 || m.loadgen_pct > 90.0 {
+                " (busy machine: compare ratios within this run only)"
+            } else {
+                ""
+            }
+        )
+    })
+    .unwrap_or_default()
 }
 
 fn print_step(r: &StepResult) {
     println!(
-        "  rate {:>7.0} msg/s: {:>9.0} deliveries/s ({:.1} % of expected), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms{}{}",
+        "  rate {:>7.0} msg/s: {:>9.0} deliveries/s ({:.1} % of expected), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms{}{}{}",
         r.rate,
         r.deliveries_per_sec(),
         r.delivered_ratio() * 100.0,
@@ -382,7 +420,8 @@ fn print_step(r: &StepResult) {
             .unwrap_or_default(),
         r.server_sys_us
             .map(|c| format!(" ({:.2} of it in the kernel)", c as f64 / r.delivered.max(1) as f64))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        machine_text(r.machine)
     );
 }
 
@@ -524,6 +563,7 @@ pub async fn handshakes(target: Arc<Target>, a: HandshakeArgs) -> bool {
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = target.server_pid.and_then(cpu_us);
+    let machine0 = Machine::now();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..a.concurrency {
@@ -559,21 +599,24 @@ pub async fn handshakes(target: Arc<Target>, a: HandshakeArgs) -> bool {
         (Some(a), Some(b)) => Some((b - a) as f64 / n.max(1) as f64),
         _ => None,
     };
+    let machine = machine0.as_ref().and_then(Machine::since);
     for t in tasks {
         let _ = t.await;
     }
     println!(
-        "handshakes: {n} in {secs:.1} s = {:.0}/s, {} failed{}",
+        "handshakes: {n} in {secs:.1} s = {:.0}/s, {} failed{}{}",
         n as f64 / secs,
         failed.load(Ordering::Relaxed),
         cpu.map(|c| format!(", {c:.0} server CPU-us per handshake"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        machine_text(machine)
     );
     println!(
-        "RESULT {{\"handshakes_per_sec\":{:.1},\"failed\":{},\"cpu_us_per_handshake\":{}}}",
+        "RESULT {{\"handshakes_per_sec\":{:.1},\"failed\":{},\"cpu_us_per_handshake\":{}{}}}",
         n as f64 / secs,
         failed.load(Ordering::Relaxed),
-        cpu.map(|c| format!("{c:.1}")).unwrap_or("null".into())
+        cpu.map(|c| format!("{c:.1}")).unwrap_or("null".into()),
+        machine_json(machine)
     );
     n > 0
 }

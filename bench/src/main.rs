@@ -254,6 +254,64 @@ impl Target {
     }
 }
 
+/// The machine around a measurement: what the host took from this VM's CPUs (steal) and what
+/// the load generator itself used. Both make a run's figures worth less: steal slows the
+/// server without showing in its CPU time (on these VMs it reached 30-47 % in some runs), and a
+/// load generator near a full core adds its own queueing to every latency it reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Machine {
+    steal: u64,
+    total: u64,
+    cpus: u64,
+    own_us: u64,
+}
+
+/// `Machine::since`'s readings, in percent.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineUse {
+    /// Steal over all CPUs, as a share of their time.
+    pub steal_pct: f64,
+    /// The load generator's CPU, as a share of one core's time over the same interval.
+    pub loadgen_pct: f64,
+}
+
+impl Machine {
+    pub fn now() -> Option<Machine> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // "cpu  user nice system idle iowait irq softirq steal ...": the sum over all CPUs.
+        let f: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .take(8)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // Every online CPU, not this process's affinity (the load generator runs on one).
+        let cpus = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count() as u64;
+        Some(Machine {
+            steal: *f.get(7)?,
+            total: f.iter().sum(),
+            cpus: cpus.max(1),
+            own_us: cpu_us(std::process::id())?,
+        })
+    }
+
+    pub fn since(&self) -> Option<MachineUse> {
+        let now = Machine::now()?;
+        let total = now.total.checked_sub(self.total).filter(|&t| t > 0)?;
+        // Jiffies are 10 ms (USER_HZ 100): the interval in microseconds, per CPU.
+        let wall_us = total as f64 * 10_000.0 / self.cpus as f64;
+        Some(MachineUse {
+            steal_pct: 100.0 * now.steal.saturating_sub(self.steal) as f64 / total as f64,
+            loadgen_pct: 100.0 * now.own_us.saturating_sub(self.own_us) as f64 / wall_us,
+        })
+    }
+}
+
 /// A process's CPU time (user + system) in microseconds, from /proc.
 pub fn cpu_us(pid: u32) -> Option<u64> {
     cpu_split_us(pid).map(|(user, system)| user + system)
