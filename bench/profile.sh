@@ -50,7 +50,11 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 sleep "${DELAY:-3}"
-perf record -F 997 -g --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf.data" -- sleep "$SECS" 2> "$WORK/perf.log"
+# WHO=loadgen records the load generator instead: its own CPU is printed with every step, and
+# near a full core its queueing is in every latency it reports.
+WHO_PID=$SERVER_PID
+[ "${WHO:-server}" = loadgen ] && WHO_PID=$LOAD
+perf record -F 997 -g --call-graph dwarf,16384 -p "$WHO_PID" -o "$WORK/perf.data" -- sleep "$SECS" 2> "$WORK/perf.log"
 wait $LOAD || true
 sed 's/^/   /' "$WORK/load.log"
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf > "$WORK/folded"

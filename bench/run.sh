@@ -10,6 +10,7 @@
 #   REPEATS=3 SERVERS="wss-chat wss-chat-off" MODES="broadcast saturate" bench/run.sh  # history on vs off
 #   cp target/release/wss-chat /tmp/old; ...change...; BEFORE=/tmp/old SERVERS="wss-chat wss-chat-before" bench/run.sh
 #                                    # a change on the hot path, before and after, in one run
+#   LOADGEN=/tmp/loadgen-old bench/run.sh   # another load generator binary (to compare its own cost)
 #
 # Installs its peers: npm packages into bench/peers/node_modules, Go and gorilla/websocket from
 # Debian (apt-get; needs root), and builds everything in release mode.
@@ -90,7 +91,7 @@ start() {
 }
 
 loadgen() {
-  taskset -c 1 target/release/loadgen --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
+  taskset -c 1 "${LOADGEN:-target/release/loadgen}" --addr "127.0.0.1:$SERVER_PORT" --ca "$WORK/ca.pem" \
     --server-pid "$SERVER_PID" --source-ips 400 "${AUTH[@]}" "$@"
 }
 
@@ -154,6 +155,7 @@ metrics = [
     # Not the server's figures: how much the host and the client took from the run.
     ("host steal % over the broadcast step (a quiet host: under 5)", "broadcast", "steal_pct", None),
     ("load generator's CPU, % of its core, broadcast", "broadcast", "loadgen_pct", None),
+    ("load generator's CPU-us per delivery, broadcast", "broadcast", "loadgen_us_per_delivery", None),
     ("load generator's CPU, % of its core, churn", "churn", "loadgen_pct", None),
 ]
 servers = [s for s in ["wss-chat", "wss-chat-off", "wss-chat-before", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]

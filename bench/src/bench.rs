@@ -130,21 +130,17 @@ async fn fill_room(target: &Arc<Target>, a: &BroadcastArgs, steps: usize) -> Res
     for (i, j) in joins.into_iter().enumerate() {
         let ws = j.await.map_err(|e| e.to_string())??;
         connected += 1;
-        let (sink, stream) = ws.split();
-        if i < a.senders {
-            senders.push(sink);
-        } else {
-            // Receivers never send; keep the sink alive beside the reader.
-            let stats = stats.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let _sink = sink;
-                read_into(stream, stats, stop, epoch).await
-            });
-            continue;
-        }
         let (stats, stop) = (stats.clone(), stop.clone());
-        tokio::spawn(read_into(stream, stats, stop, epoch));
+        if i < a.senders {
+            let (sink, stream) = ws.split();
+            senders.push(sink);
+            tokio::spawn(read_into(stream, stats, stop, epoch));
+        } else {
+            // Receivers never send, so they read the socket whole: a split's lock and wakers
+            // on every frame were a few percent of the load generator's core, which is near
+            // full at 100 msg/s into 1,000 clients.
+            tokio::spawn(read_into(ws, stats, stop, epoch));
+        }
     }
     if let Some(pid) = target.server_pid {
         wait_quiet(pid).await;
@@ -176,7 +172,8 @@ async fn wait_quiet(pid: u32) {
 
 /// Record every message's step and latency until told to stop.
 async fn read_into(
-    mut stream: futures_util::stream::SplitStream<Ws>,
+    mut stream: impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
     stats: Arc<Vec<StepStats>>,
     stop: Arc<AtomicBool>,
     epoch: Instant,
@@ -250,7 +247,7 @@ impl StepResult {
                 .map(|c| format!("{:.3}", c as f64 / self.delivered.max(1) as f64))
                 .unwrap_or("null".into()),
             rss.map(|r| r.to_string()).unwrap_or("null".into()),
-            machine_json(self.machine),
+            machine_json(self.machine, Some(self.delivered)),
         )
     }
 }
@@ -377,12 +374,20 @@ async fn run_step(
     }
 }
 
-/// `,"steal_pct":..,"loadgen_pct":..` for a RESULT line, or nothing when /proc could not say.
-fn machine_json(m: Option<MachineUse>) -> String {
+/// `,"steal_pct":..,"loadgen_pct":..[,"loadgen_us_per_delivery":..]` for a RESULT line, or
+/// nothing when /proc could not say.
+fn machine_json(m: Option<MachineUse>, delivered: Option<u64>) -> String {
     m.map(|m| {
         format!(
-            ",\"steal_pct\":{:.1},\"loadgen_pct\":{:.1}",
-            m.steal_pct, m.loadgen_pct
+            ",\"steal_pct\":{:.1},\"loadgen_pct\":{:.1}{}",
+            m.steal_pct,
+            m.loadgen_pct,
+            delivered
+                .map(|d| format!(
+                    ",\"loadgen_us_per_delivery\":{:.3}",
+                    m.loadgen_us as f64 / d.max(1) as f64
+                ))
+                .unwrap_or_default()
         )
     })
     .unwrap_or_default()
@@ -390,12 +395,18 @@ fn machine_json(m: Option<MachineUse>) -> String {
 
 /// How busy the machine was, for a step's line: a run with steal or a saturated load
 /// generator measured the host or the client as much as the server.
-fn machine_text(m: Option<MachineUse>) -> String {
+fn machine_text(m: Option<MachineUse>, delivered: Option<u64>) -> String {
     m.map(|m| {
         format!(
-            "; host steal {:.1} %, load generator {:.0} % of a core{}",
+            "; host steal {:.1} %, load generator {:.0} % of a core{}{}",
             m.steal_pct,
             m.loadgen_pct,
+            delivered
+                .map(|d| format!(
+                    " ({:.2} CPU-us per delivery)",
+                    m.loadgen_us as f64 / d.max(1) as f64
+                ))
+                .unwrap_or_default(),
             if m.steal_pct > 5.0 || m.loadgen_pct > 90.0 {
                 " (busy machine: compare ratios within this run only)"
             } else {
@@ -421,7 +432,7 @@ fn print_step(r: &StepResult) {
         r.server_sys_us
             .map(|c| format!(" ({:.2} of it in the kernel)", c as f64 / r.delivered.max(1) as f64))
             .unwrap_or_default(),
-        machine_text(r.machine)
+        machine_text(r.machine, Some(r.delivered))
     );
 }
 
@@ -609,14 +620,14 @@ pub async fn handshakes(target: Arc<Target>, a: HandshakeArgs) -> bool {
         failed.load(Ordering::Relaxed),
         cpu.map(|c| format!(", {c:.0} server CPU-us per handshake"))
             .unwrap_or_default(),
-        machine_text(machine)
+        machine_text(machine, None)
     );
     println!(
         "RESULT {{\"handshakes_per_sec\":{:.1},\"failed\":{},\"cpu_us_per_handshake\":{}{}}}",
         n as f64 / secs,
         failed.load(Ordering::Relaxed),
         cpu.map(|c| format!("{c:.1}")).unwrap_or("null".into()),
-        machine_json(machine)
+        machine_json(machine, None)
     );
     n > 0
 }
