@@ -3,7 +3,7 @@
 # and the load generator to CPU 1 (as bench/run.sh), `perf record` on the server while the
 # load runs, and a flame graph (inferno) written to OUT (default docs/flame-MODE.svg).
 #
-#   bench/profile.sh broadcast                  # 1,000 clients, 100 msg/s
+#   bench/profile.sh broadcast                  # 1,000 clients, 100 msg/s (RATE=50: 50)
 #   OUT=docs/flame-before.svg bench/profile.sh broadcast
 #   bench/profile.sh handshakes-x25519
 #   FOLDED=/tmp/f.folded bench/profile.sh broadcast; python3 bench/stacks.py /tmp/f.folded  # shares
@@ -30,7 +30,7 @@ burst = 1000000
 handshakes_per_minute_per_ip = 1000000" 5100
 start_server "taskset -c 0 target/profiling/wss-chat" "$WORK/config.toml" "$WORK/server.log"
 case $MODE in
-  broadcast) args=(broadcast --clients 1000 --senders 10 --size 128 --rate 100 --duration-secs $((SECS + 6))) ;;
+  broadcast) args=(broadcast --clients 1000 --senders 10 --size 128 --rate ${RATE:-100} --duration-secs $((SECS + 6))) ;;
   idle) args=(idle --clients 5000) ;;
   handshakes) args=(handshakes --duration-secs $((SECS + 4))) ;;
   handshakes-x25519) args=(--classic-kx handshakes --duration-secs $((SECS + 4))) ;;

@@ -24,6 +24,10 @@ MODES=${MODES:-"broadcast saturate idle handshakes handshakes-x25519 handshakes-
 CLIENTS=${CLIENTS:-1000}
 SENDERS=${SENDERS:-10}
 SIZE=${SIZE:-128}
+# Messages per second into the room in broadcast and churn. Issue 14's figures are at 100; on
+# this 2-core machine that fills the load generator's core too (see README), so a lower RATE
+# shows the servers with the client out of the way.
+RATE=${RATE:-100}
 
 echo "== installing peers"
 command -v taskset >/dev/null || { apt-get update -q && apt-get install -y -q util-linux; }
@@ -103,7 +107,7 @@ for r in $(seq 1 "$REPEATS"); do
       # The 2-core run is about throughput only.
       [ "$name" = wss-chat-2core ] && [ "$mode" != saturate ] && continue
       case $mode in
-        broadcast) args=(broadcast --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate 100) ;;
+        broadcast) args=(broadcast --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate "$RATE") ;;
         saturate) args=(saturate --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --duration-secs 5 --warmup-secs 1) ;;
         idle) args=(idle --clients "$IDLE_CLIENTS" --rooms "$IDLE_ROOMS") ;;
         handshakes) args=(handshakes --duration-secs 5) ;;
@@ -114,7 +118,7 @@ for r in $(seq 1 "$REPEATS"); do
         # Issue 14's shapes: direct messages, one big room, presence churn.
         direct) args=(direct --pairs "$PAIRS" --rate 2000) ;;
         bigroom) args=(broadcast --clients 15000 --senders 2 --size "$SIZE" --rate 2 --duration-secs 10) ;;
-        churn) args=(churn --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate 100 --joins-per-sec 50) ;;
+        churn) args=(churn --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate "$RATE" --joins-per-sec 50) ;;
       esac
       echo "== run $r/$REPEATS: $name $mode"
       start "$name"
@@ -127,19 +131,20 @@ for r in $(seq 1 "$REPEATS"); do
 done
 
 echo
-echo "== $(date -u +%Y-%m-%d) bench/run.sh: REPEATS=$REPEATS, $CLIENTS clients, $SENDERS senders, $SIZE B messages, server on CPU 0, load generator on CPU 1"
-python3 - "$RESULTS" <<'PY'
+echo "== $(date -u +%Y-%m-%d) bench/run.sh: REPEATS=$REPEATS, RATE=$RATE, $CLIENTS clients, $SENDERS senders, $SIZE B messages, server on CPU 0, load generator on CPU 1"
+python3 - "$RESULTS" "$RATE" <<'PY'
 import json, statistics, sys
+rate = sys.argv[2]
 rows = {}
 for line in open(sys.argv[1]):
     name, mode, js = line.split(" ", 2)
     rows.setdefault((name, mode), []).append(json.loads(js))
 metrics = [
     ("saturation deliveries/s (higher is better)", "saturate", "deliveries_per_sec", True),
-    ("CPU-us per delivery at 100 msg/s (lower)", "broadcast", "cpu_us_per_delivery", False),
+    (f"CPU-us per delivery at {rate} msg/s (lower)", "broadcast", "cpu_us_per_delivery", False),
     ("  of which in the kernel (the write; on loopback also the receiver's TCP)", "broadcast", "sys_us_per_delivery", False),
-    ("p99 latency ms at 100 msg/s (lower)", "broadcast", "p99_ms", False),
-    ("deliveries/s at 100 msg/s", "broadcast", "deliveries_per_sec", True),
+    (f"p99 latency ms at {rate} msg/s (lower)", "broadcast", "p99_ms", False),
+    (f"deliveries/s at {rate} msg/s", "broadcast", "deliveries_per_sec", True),
     ("idle KiB per connection (lower)", "idle", "kib_per_connection", False),
     ("handshakes/s (higher)", "handshakes", "handshakes_per_sec", True),
     ("CPU-us per handshake (lower)", "handshakes", "cpu_us_per_handshake", False),
@@ -151,7 +156,7 @@ metrics = [
     ("big room: p99 ms, 15,000 members at 2 msg/s", "bigroom", "p99_ms", False),
     ("big room: last delivery ms (max)", "bigroom", "max_ms", False),
     ("big room: CPU-us per delivery", "bigroom", "cpu_us_per_delivery", False),
-    ("churn: p99 ms at 100 msg/s, 50 joins+leaves/s", "churn", "p99_ms", False),
+    (f"churn: p99 ms at {rate} msg/s, 50 joins+leaves/s", "churn", "p99_ms", False),
     # Not the server's figures: how much the host and the client took from the run.
     ("host steal % over the broadcast step (a quiet host: under 5)", "broadcast", "steal_pct", None),
     ("load generator's CPU, % of its core, broadcast", "broadcast", "loadgen_pct", None),
