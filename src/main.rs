@@ -211,7 +211,13 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     let metrics = Arc::new(wss_chat::metrics::Metrics::new());
-    let store = match wss_chat::open_store(&config, &metrics) {
+    // Opened inside the runtime, so the store's writer hands its deliveries to a task on it
+    // (sqlite.rs, `settler`).
+    let opened = {
+        let _inside = runtime.enter();
+        wss_chat::open_store(&config, &metrics)
+    };
+    let store = match opened {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot open the history store: {e}");

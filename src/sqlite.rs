@@ -5,7 +5,8 @@
 //! over, commits as many as are waiting in one transaction (group commit: one fsync for a
 //! burst, not one per message), and only then tells each room, which appends the event to its
 //! in-memory window and delivers it: nothing is acked or shown before it is on disk, and no
-//! lock of a room is held across a disk write. Opening a room also goes through this thread,
+//! lock of a room is held across a disk write. Those callbacks run in commit order on one task
+//! of the server's runtime (`settler`), where a fan-out's wake-ups are local to the worker. Opening a room also goes through this thread,
 //! after the writes queued before it, so a room that is dropped and opened again while its
 //! last message is being written still sees it. Reads (backlogs, pages, resend checks) come
 //! from each room's window in memory, loaded when the room opens, so there is no second
@@ -68,6 +69,27 @@ pub(crate) enum Job {
     },
 }
 
+/// Committed writes' and erasures' callbacks, in the order the writer finished them.
+type Settled = Vec<(Done, Result<(), StoreError>)>;
+
+/// Where the writer's callbacks run: each is a room's fan-out, which wakes one task per
+/// member. From the writer's own thread every one of those wakes is remote (the runtime's
+/// shared queue, under its lock, and an unpark of the worker); from a task on the runtime they
+/// are local. One task runs them, in the order they come, so rooms still see their writes in
+/// commit order. Without a runtime (unit tests) they run on the writer's thread.
+fn settler() -> Option<tokio::sync::mpsc::UnboundedSender<Settled>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Settled>();
+    runtime.spawn(async move {
+        while let Some(settled) = rx.recv().await {
+            for (done, result) in settled {
+                done(result);
+            }
+        }
+    });
+    Some(tx)
+}
+
 /// How much of each room is retained, for the windows and for trimming.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -119,6 +141,7 @@ impl SqliteStore {
             tops: HashMap::new(),
             touched,
             failing: false,
+            settler: settler(),
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -309,6 +332,8 @@ struct WriterThread {
     touched: HashSet<Arc<str>>,
     /// Whether the last commit failed, so recovery is logged once.
     failing: bool,
+    /// See [`settler`]; `None` runs the callbacks here.
+    settler: Option<tokio::sync::mpsc::UnboundedSender<Settled>>,
 }
 
 impl WriterThread {
@@ -349,7 +374,10 @@ impl WriterThread {
                 }
                 Job::Erase { room, seq, done } => {
                     self.commit(std::mem::take(&mut writes));
-                    done(self.erase(&room, seq));
+                    // After the writes before it, and the same way: an erasure applied to a
+                    // room before its message's delivery would be undone by it.
+                    let erased = self.erase(&room, seq);
+                    self.settle(vec![(done, erased)]);
                 }
             }
         }
@@ -402,6 +430,7 @@ impl WriterThread {
             self.metrics.store_batch_size.observe(stored as f64);
             self.metrics.store_retained.inc_by(stored as i64);
         }
+        let mut settled = Vec::with_capacity(writes.len());
         for ((w, done, queued), ok) in writes.into_iter().zip(accepted) {
             let result = match &outcome {
                 Ok(()) if ok => {
@@ -416,6 +445,21 @@ impl WriterThread {
                 )),
                 Err(e) => Err(StoreError(e.to_string())),
             };
+            settled.push((done, result));
+        }
+        self.settle(settled);
+    }
+
+    /// Run the callbacks through the settler, or here once it is gone (the runtime stopping).
+    fn settle(&self, settled: Settled) {
+        let settled = match &self.settler {
+            Some(tx) => match tx.send(settled) {
+                Ok(()) => return,
+                Err(tokio::sync::mpsc::error::SendError(settled)) => settled,
+            },
+            None => settled,
+        };
+        for (done, result) in settled {
             done(result);
         }
     }
@@ -628,6 +672,7 @@ mod tests {
             tops: HashMap::new(),
             touched: HashSet::new(),
             failing: false,
+            settler: None,
         }
     }
 
@@ -676,6 +721,58 @@ mod tests {
             .collect();
         assert_eq!(texts, ["a", "b", "c"]);
         assert_eq!(log.find("alice", "b", 0).map(|e| e.seq), Some(2));
+    }
+
+    /// Opened inside a runtime, the callbacks run on it, not on the writer's thread, in the
+    /// order the writes and the erasure were queued.
+    #[test]
+    fn callbacks_run_in_order_on_the_runtime_the_store_was_opened_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let retention = Retention {
+            max_messages: 100,
+            max_age_ms: u64::MAX / 2,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("runtime-worker")
+            .build()
+            .unwrap();
+        let store = {
+            let _inside = runtime.enter();
+            SqliteStore::open(
+                &path,
+                Durability::Normal,
+                retention,
+                Arc::new(Metrics::new()),
+            )
+            .unwrap()
+        };
+        assert_eq!(store.open("lobby").unwrap().top(), 0);
+        let writer = store.writer().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let on = |what: u64, tx: &mpsc::Sender<(u64, bool, String)>| -> Done {
+            let tx = tx.clone();
+            Box::new(move |r| {
+                let thread = std::thread::current().name().unwrap_or("").to_string();
+                tx.send((what, r.is_ok(), thread)).unwrap();
+            })
+        };
+        for seq in 1..=40 {
+            writer
+                .write(write("lobby", seq, &format!("m{seq}")), on(seq, &tx))
+                .unwrap();
+        }
+        writer.erase("lobby".into(), 40, on(1000, &tx));
+        let got: Vec<_> = (0..41).map(|_| rx.recv().unwrap()).collect();
+        let order: Vec<u64> = got.iter().map(|(w, _, _)| *w).collect();
+        assert_eq!(order, (1..=40).chain([1000]).collect::<Vec<_>>());
+        assert!(got.iter().all(|(_, ok, _)| *ok), "{got:?}");
+        assert!(
+            got.iter().all(|(_, _, t)| t == "runtime-worker"),
+            "{:?}",
+            got.iter().map(|(_, _, t)| t).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -173,8 +173,8 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Make event `seq` of `room` a tombstone on disk, after every write queued before;
-    /// `done` is called once, from the writer's thread (or here if it has stopped). Never
-    /// blocks.
+    /// `done` is called once, after those writes' own, on the runtime the store was opened in
+    /// (else the writer's thread; here if the writer has stopped). Never blocks.
     pub fn erase(&self, room: Arc<str>, seq: u64, done: Done) {
         if let Err(std::sync::mpsc::SendError(crate::sqlite::Job::Erase { done, .. })) =
             self.tx.send(crate::sqlite::Job::Erase { room, seq, done })
@@ -183,8 +183,9 @@ impl Writer {
         }
     }
 
-    /// Queue `write`; `done` is called from the writer's thread once it is committed or
-    /// refused. Never blocks.
+    /// Queue `write`; `done` is called once it is committed or refused, in the order the
+    /// writes were queued, on the runtime the store was opened in (else the writer's thread).
+    /// Never blocks.
     pub fn write(&self, write: Write, done: Done) -> Result<(), StoreError> {
         self.tx
             .send(crate::sqlite::Job::Write(
