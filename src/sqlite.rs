@@ -6,9 +6,9 @@
 //! burst, not one per message), and only then tells each room, which appends the event to its
 //! in-memory window and delivers it: nothing is acked or shown before it is on disk, and no
 //! lock of a room is held across a disk write. Those callbacks run in commit order on one task
-//! of the server's runtime (`settler`), where a fan-out's wake-ups are local to the worker. Opening a room also goes through this thread,
-//! after the writes queued before it, so a room that is dropped and opened again while its
-//! last message is being written still sees it. Reads (backlogs, pages, resend checks) come
+//! of the server's runtime (`settler`), where a fan-out's wake-ups are local to the worker.
+//! Opening a room also goes through this thread, after the writes queued before it, so a room
+//! that is dropped and opened again while its last message is being written still sees it. Reads (backlogs, pages, resend checks) come
 //! from each room's window in memory, loaded when the room opens, so there is no second
 //! connection to keep consistent. Retention (count and age) is trimmed by the same thread in
 //! small batches between writes.
@@ -54,6 +54,10 @@ const TRIM_AGAIN: Duration = Duration::from_millis(20);
 const TRIM_ROWS: usize = 500;
 const TRIM_ROOMS: usize = 128;
 
+/// How long the settler runs callbacks before it lets the worker's other tasks (the writers
+/// its fan-outs woke) run: about a scheduler time slice, which is what they got before.
+const SETTLE_SLICE: Duration = Duration::from_millis(2);
+
 /// What the writer thread is asked to do.
 pub(crate) enum Job {
     Write(Write, Done, Instant),
@@ -82,8 +86,16 @@ fn settler() -> Option<tokio::sync::mpsc::UnboundedSender<Settled>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Settled>();
     runtime.spawn(async move {
         while let Some(settled) = rx.recv().await {
+            let mut slice = Instant::now();
             for (done, result) in settled {
                 done(result);
+                // A commit may hold hundreds of messages, each fanned out to every member:
+                // on the writer's thread the kernel let the worker write in between; here the
+                // worker is this task's, so it is given back every SETTLE_SLICE.
+                if slice.elapsed() >= SETTLE_SLICE {
+                    tokio::task::yield_now().await;
+                    slice = Instant::now();
+                }
             }
         }
     });
