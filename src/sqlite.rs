@@ -698,14 +698,19 @@ mod tests {
         }
     }
 
+    /// Keep `max_messages` per room, whatever their age.
+    fn by_count(max_messages: usize) -> Retention {
+        Retention {
+            max_messages,
+            max_age_ms: u64::MAX / 2,
+        }
+    }
+
     #[test]
     fn writes_commit_in_order_and_one_that_skips_a_seq_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d/s.db");
-        let retention = Retention {
-            max_messages: 10,
-            max_age_ms: u64::MAX / 2,
-        };
+        let retention = by_count(10);
         let store = SqliteStore::open(&path, Durability::Full, retention, Arc::new(Metrics::new()))
             .unwrap();
         assert_eq!(store.open("lobby").unwrap().top(), 0);
@@ -741,10 +746,6 @@ mod tests {
     fn callbacks_run_in_order_on_the_runtime_the_store_was_opened_in() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let retention = Retention {
-            max_messages: 100,
-            max_age_ms: u64::MAX / 2,
-        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("runtime-worker")
@@ -755,7 +756,7 @@ mod tests {
             SqliteStore::open(
                 &path,
                 Durability::Normal,
-                retention,
+                by_count(100),
                 Arc::new(Metrics::new()),
             )
             .unwrap()

@@ -383,10 +383,7 @@ fn machine_json(m: Option<MachineUse>, delivered: Option<u64>) -> String {
             m.steal_pct,
             m.loadgen_pct,
             delivered
-                .map(|d| format!(
-                    ",\"loadgen_us_per_delivery\":{:.3}",
-                    m.loadgen_us as f64 / d.max(1) as f64
-                ))
+                .map(|d| format!(",\"loadgen_us_per_delivery\":{:.3}", m.loadgen_us_per(d)))
                 .unwrap_or_default()
         )
     })
@@ -402,10 +399,7 @@ fn machine_text(m: Option<MachineUse>, delivered: Option<u64>) -> String {
             m.steal_pct,
             m.loadgen_pct,
             delivered
-                .map(|d| format!(
-                    " ({:.2} CPU-us per delivery)",
-                    m.loadgen_us as f64 / d.max(1) as f64
-                ))
+                .map(|d| format!(" ({:.2} CPU-us per delivery)", m.loadgen_us_per(d)))
                 .unwrap_or_default(),
             if m.steal_pct > 5.0 || m.loadgen_pct > 90.0 {
                 " (busy machine: compare ratios within this run only)"

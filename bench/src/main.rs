@@ -280,6 +280,13 @@ pub struct MachineUse {
     pub loadgen_us: u64,
 }
 
+impl MachineUse {
+    /// The load generator's CPU per delivery, in microseconds.
+    pub fn loadgen_us_per(&self, delivered: u64) -> f64 {
+        self.loadgen_us as f64 / delivered.max(1) as f64
+    }
+}
+
 impl Machine {
     pub fn now() -> Option<Machine> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
