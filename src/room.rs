@@ -6,16 +6,21 @@
 //! [`Outbox`] without waiting, so seq order is delivery order. With a durable store the event
 //! first waits in the room's pending queue while the store's writer commits it; the writer's
 //! callback ([`Room::settle`]) then appends and delivers it, in seq order, and a failed write
-//! refuses it and every later pending one, so no seq is skipped. A member whose outbox is full is
-//! marked a slow consumer and its own writer closes it; nobody else waits for it, and no lock
-//! is held while writing to a socket. Presence lives here too, under the same lock: a
-//! user's first connection to a room sends `join` to the others, the last one to go `leave`. A place in a room is first reserved by the gate (so a
-//! full room is refused before the upgrade) and then taken by the engine's join.
+//! refuses it and every later pending one, so no seq is skipped. A member whose outbox is full
+//! is marked a slow consumer and its own writer closes it; nobody else waits for it, and no
+//! lock is held while writing to a socket. A fan-out run by the store's settler
+//! ([`WriteThrough`]) then writes each idle member's frames into its socket itself, after the
+//! room's lock is released; a member whose writer is busy, or whose socket is full, is left to
+//! its writer, in order. Presence lives here too, under the same lock: a user's first
+//! connection to a room sends `join` to the others, the last one to go `leave`. A place in a
+//! room is first reserved by the gate (so a full room is refused before the upgrade) and then
+//! taken by the engine's join.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,6 +31,7 @@ use crate::config::RoomsConfig;
 use crate::moderation::{Action, Kind, Sanctions};
 use crate::protocol::{close, ServerFrame};
 use crate::roles::Role;
+use crate::socket::{Socket, Ws};
 use crate::store::{now_ms, Event, EventKind, RoomLog, Shared, Store, StoreError, Write, Writer};
 
 /// What a connection's writer is asked to send.
@@ -43,9 +49,12 @@ pub enum Outgoing {
 /// writer empties in one step (swapping it with its own, empty one), so neither side
 /// allocates per batch and an idle connection keeps only a few slots. (A tokio channel kept
 /// about 2 KiB of blocks per connection, idle or not: heaptrack at 3,000 connections.)
+///
+/// It also holds the connection's socket, so a fan-out can write an idle member's frames
+/// straight into it ([`WriteThrough`]) rather than wake the member's task to do it.
 #[derive(Debug)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<Outgoing>>,
+    queue: Mutex<Queue>,
     /// Bytes queued and not yet written; bounded by `limit` so a reader that never reads costs
     /// at most `limit` bytes of server memory.
     queued: AtomicUsize,
@@ -63,6 +72,32 @@ pub struct Outbox {
     /// waits run in its session's one task, so one waker serves them (two tokio `Notify`s
     /// took a lock on every push and on every poll of the writer).
     waker: AtomicWaker,
+    /// The connection's socket, once its session runs.
+    socket: OnceLock<Socket>,
+    /// On the current [`WriteThrough`]'s list.
+    listed: AtomicBool,
+}
+
+/// The queue, and who is writing from it.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    /// Who has taken frames from `items` and not yet handed them all to the socket. Nobody
+    /// else may write meanwhile, or a later frame would overtake an earlier one.
+    holder: Holder,
+    /// Bytes of the first frame already written (a write-through the socket took part of).
+    partial: usize,
+    /// A write-through left something for the writer (frames, or output the socket has not
+    /// taken yet): the writer takes the queue even when it is empty, and flushes.
+    handed_back: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    #[default]
+    Nobody,
+    Writer,
+    WriteThrough,
 }
 
 /// Ready with what `ready` finds, else Pending with the task registered in `waker`, whose
@@ -91,19 +126,23 @@ pub struct OutboxReader {
 
 impl OutboxReader {
     /// Move everything queued into `into` (empty), oldest first, waiting until there is
-    /// something. The two queues trade places, so no batch allocates: a writer keeps its
-    /// `into` between batches (see [`OutboxReader::trim`]).
-    pub async fn batch(&mut self, into: &mut VecDeque<Outgoing>) {
+    /// something; `partial` is set to the bytes of its first frame already written. The two
+    /// queues trade places, so no batch allocates: a writer keeps its `into` between batches
+    /// (see [`OutboxReader::trim`]).
+    pub async fn batch(&mut self, into: &mut VecDeque<Outgoing>, partial: &mut usize) {
         let outbox = &self.outbox;
         std::future::poll_fn(|cx| {
-            poll_until(&outbox.waker, cx, || outbox.take_into(into).then_some(()))
+            poll_until(&outbox.waker, cx, || {
+                outbox.take_into(into, partial).then_some(())
+            })
         })
         .await
     }
 
     /// What is queued now, moved into `into` (empty), without waiting; false if nothing was.
-    pub fn try_batch(&mut self, into: &mut VecDeque<Outgoing>) -> bool {
-        self.outbox.take_into(into)
+    /// False also tells the outbox the writer holds nothing: a write-through may go ahead.
+    pub fn try_batch(&mut self, into: &mut VecDeque<Outgoing>, partial: &mut usize) -> bool {
+        self.outbox.take_into(into, partial)
     }
 
     /// Once a batch is written, give its queue's memory back: an idle connection keeps
@@ -117,11 +156,7 @@ impl OutboxReader {
 impl Drop for OutboxReader {
     fn drop(&mut self) {
         self.outbox.closed.store(true, Ordering::Relaxed);
-        self.outbox
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.outbox.lock().items.clear();
     }
 }
 
@@ -129,7 +164,7 @@ impl Outbox {
     /// A queue bounded to `limit_bytes`, and its reading end for the writer.
     pub fn new(limit_bytes: usize) -> (Arc<Outbox>, OutboxReader) {
         let outbox = Arc::new(Outbox {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             queued: AtomicUsize::new(0),
             limit: limit_bytes,
             max_items: (limit_bytes / 64).max(64),
@@ -137,6 +172,8 @@ impl Outbox {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            socket: OnceLock::new(),
+            listed: AtomicBool::new(false),
         });
         let reader = OutboxReader {
             outbox: outbox.clone(),
@@ -144,18 +181,61 @@ impl Outbox {
         (outbox, reader)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Give the outbox its connection's socket (once, when the session starts).
+    pub fn attach(&self, ws: Ws) {
+        let _ = self.socket.set(Socket::new(ws));
+    }
+
+    /// The socket given by [`Outbox::attach`].
+    pub fn socket(&self) -> &Socket {
+        self.socket
+            .get()
+            .expect("a session attaches its socket before it runs")
+    }
+
     /// Queue a data frame without waiting; on overflow mark this connection a slow consumer.
     /// Returns whether the frame was queued.
     pub fn push(&self, msg: Message) -> bool {
+        let queued = self.enqueue(msg);
+        self.waker.wake();
+        queued
+    }
+
+    /// As [`Outbox::push`], from a fan-out: inside [`WriteThrough::run`] the writer is not
+    /// woken; the outbox goes on the write-through's list instead.
+    pub fn push_fanout(this: &Arc<Outbox>, msg: Message) -> bool {
+        if !this.enqueue(msg) {
+            this.waker.wake();
+            return false;
+        }
+        let listed = DEFERRED.with_borrow_mut(|list| {
+            let Some(list) = list else { return false };
+            if !this.listed.swap(true, Ordering::Relaxed) {
+                list.push(this.clone());
+            }
+            true
+        });
+        if !listed {
+            this.waker.wake();
+        }
+        true
+    }
+
+    /// Queue without waking anyone; false (and the overflow marked) when it does not fit.
+    fn enqueue(&self, msg: Message) -> bool {
         if self.overflowed.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
             return false;
         }
         let len = msg.len();
         let before = self.queued.fetch_add(len, Ordering::Relaxed);
         let queued = before + len <= self.limit && {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.len() < self.max_items && {
-                q.push_back(Outgoing::Frame(msg));
+            let mut q = self.lock();
+            q.items.len() < self.max_items && {
+                q.items.push_back(Outgoing::Frame(msg));
                 true
             }
         };
@@ -163,7 +243,6 @@ impl Outbox {
             self.queued.fetch_sub(len, Ordering::Relaxed);
             self.overflowed.store(true, Ordering::Relaxed);
         }
-        self.waker.wake();
         queued
     }
 
@@ -176,9 +255,8 @@ impl Outbox {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock()
+            .items
             .push_back(Outgoing::Close(code, reason.into()));
         self.waker.wake();
     }
@@ -193,14 +271,74 @@ impl Outbox {
         .await
     }
 
-    /// What is queued now, swapped into `into` (empty); false if nothing was.
-    fn take_into(&self, into: &mut VecDeque<Outgoing>) -> bool {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.is_empty() {
+    /// The writer takes what is queued: swapped into `into` (empty), with the bytes of its
+    /// first frame already written; false if nothing was (the writer then holds nothing), or
+    /// while a write-through holds the queue (it wakes the writer if it leaves anything).
+    fn take_into(&self, into: &mut VecDeque<Outgoing>, partial: &mut usize) -> bool {
+        let mut q = self.lock();
+        if q.holder == Holder::WriteThrough {
             return false;
         }
-        std::mem::swap(&mut *q, into);
+        if q.items.is_empty() && !q.handed_back {
+            q.holder = Holder::Nobody;
+            return false;
+        }
+        std::mem::swap(&mut q.items, into);
+        *partial = std::mem::take(&mut q.partial);
+        q.handed_back = false;
+        q.holder = Holder::Writer;
         true
+    }
+
+    /// Write what is queued straight into the socket, if the writer holds nothing and the
+    /// connection is not closing; whatever the socket does not take whole goes back to the
+    /// front of the queue for the writer, which is woken for it.
+    fn write_through(&self) {
+        let Some(socket) = self.socket.get() else {
+            self.waker.wake();
+            return;
+        };
+        let Some(mut items) = self.take_for_through() else {
+            return;
+        };
+        let mut partial = 0;
+        let done = socket.write_now(&mut items, &mut partial, |len| self.written(len));
+        self.end_through(items, partial, done);
+    }
+
+    /// The queue, for a write-through, if nobody else holds it and there is something to
+    /// write. Not when the writer holds frames (it takes the rest after them), nor when it was
+    /// handed something back (it was woken for that), nor when it must stop (it was woken).
+    fn take_for_through(&self) -> Option<VecDeque<Outgoing>> {
+        let mut q = self.lock();
+        if q.holder != Holder::Nobody || q.handed_back || q.items.is_empty() {
+            return None;
+        }
+        if self.overflowed() || self.stopping() || self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        q.holder = Holder::WriteThrough;
+        Some(std::mem::take(&mut q.items))
+    }
+
+    /// A write-through is over: `done` when all of it is on its way. Otherwise what is left
+    /// (`partial` bytes of its first frame written) goes back in front of anything queued
+    /// meanwhile, and the writer is woken to write it and flush.
+    fn end_through(&self, mut left: VecDeque<Outgoing>, partial: usize, done: bool) {
+        let mut q = self.lock();
+        q.holder = Holder::Nobody;
+        if done {
+            if q.items.is_empty() {
+                return;
+            }
+        } else {
+            left.append(&mut q.items);
+            q.items = left;
+            q.partial = partial;
+            q.handed_back = true;
+        }
+        drop(q);
+        self.waker.wake();
     }
 
     /// The writer reports bytes it has handed to the socket.
@@ -221,6 +359,81 @@ impl Outbox {
 
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+thread_local! {
+    /// The list of the [`WriteThrough`] running on this thread, if one is.
+    static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// Fan-outs whose members are written to by the fan-out's own task. Waking a member's task
+/// for each frame (its poll, its select, its writer's futures and wakers) cost about as
+/// much as sealing and sending the frame (~2.7 us a write, `RATE=50 bench/profile.sh
+/// broadcast`). Fan-outs run inside [`WriteThrough::run`] only list the outboxes they
+/// queued to; [`WriteThrough::flush`] then writes each one's frames, all of this run's at
+/// once, straight into its socket, unless its writer is busy (it takes them after what it
+/// holds) or the socket will not take them whole (they go back to the writer, woken).
+#[derive(Default)]
+pub struct WriteThrough {
+    touched: Vec<Arc<Outbox>>,
+    next: usize,
+}
+
+impl WriteThrough {
+    /// Run `f` with this thread's fan-outs listing their outboxes here.
+    pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        /// Puts the thread back as it was even if `f` panics; a list still in place then
+        /// has its writers woken, so no frame waits for a flush that will not come.
+        struct Restore(Option<Vec<Arc<Outbox>>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                if let Some(left) = DEFERRED.replace(self.0.take()) {
+                    for o in left {
+                        o.listed.store(false, Ordering::Relaxed);
+                        o.waker.wake();
+                    }
+                }
+            }
+        }
+        let list = std::mem::take(&mut self.touched);
+        let _restore = Restore(DEFERRED.replace(Some(list)));
+        let r = f();
+        self.touched = DEFERRED.with_borrow_mut(Option::take).unwrap_or_default();
+        r
+    }
+
+    /// No outbox is waiting for [`WriteThrough::flush`].
+    pub fn is_empty(&self) -> bool {
+        self.next == self.touched.len()
+    }
+
+    /// Write through to the listed outboxes for about `slice`: true once all are done, false
+    /// if some are left for the next call (the caller lets other tasks run in between; a
+    /// fan-out run meanwhile adds its frames to the queues of those left, and lists again
+    /// those already written to).
+    pub fn flush(&mut self, slice: Duration) -> bool {
+        let started = Instant::now();
+        while let Some(o) = self.touched.get(self.next) {
+            self.next += 1;
+            o.listed.store(false, Ordering::Relaxed);
+            o.write_through();
+            if self.next.is_multiple_of(32) && started.elapsed() >= slice {
+                return false;
+            }
+        }
+        self.touched.clear();
+        self.next = 0;
+        true
+    }
+}
+
+impl Drop for WriteThrough {
+    fn drop(&mut self) {
+        for o in self.touched.drain(self.next..) {
+            o.listed.store(false, Ordering::Relaxed);
+            o.waker.wake();
+        }
     }
 }
 
@@ -384,7 +597,7 @@ impl RoomState {
         for (id, seat) in &self.members {
             for p in &out {
                 if *id != p.origin && p.n > seat.presence_from {
-                    seat.outbox.push(p.frame.clone());
+                    Outbox::push_fanout(&seat.outbox, p.frame.clone());
                 }
             }
         }
@@ -402,7 +615,7 @@ impl RoomState {
         };
         for (id, seat) in &self.members {
             if *id != from {
-                if seat.outbox.push(msg.clone()) {
+                if Outbox::push_fanout(&seat.outbox, msg.clone()) {
                     out.queued += 1;
                 } else {
                     out.overflowed += 1;
@@ -1187,10 +1400,68 @@ mod tests {
         }
     }
 
+    fn text_of(o: &Outgoing) -> &str {
+        match o {
+            Outgoing::Frame(Message::Text(t)) => t.as_str(),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    /// The fan-out's write-through and the connection's writer never hold frames at once, and
+    /// what a write-through leaves goes out first, from where the socket stopped.
+    #[test]
+    fn a_write_through_and_the_writer_take_turns_and_leftovers_go_first() {
+        let (o, mut rx) = Outbox::new(1 << 16);
+        let (mut into, mut partial) = (VecDeque::new(), 0);
+        o.push(Message::text("a"));
+        o.push(Message::text("b"));
+        let mut through = o.take_for_through().expect("the writer holds nothing");
+        // Queued while the write-through holds a and b: the writer must not take it yet.
+        o.push(Message::text("c"));
+        assert!(!rx.try_batch(&mut into, &mut partial));
+        // The socket took a and 2 bytes of b.
+        through.pop_front();
+        o.end_through(through, 2, false);
+        assert!(rx.try_batch(&mut into, &mut partial));
+        assert_eq!(into.iter().map(text_of).collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(partial, 2);
+        // The writer holds b and c: no write-through until it finds the queue empty.
+        o.push(Message::text("d"));
+        assert!(o.take_for_through().is_none());
+        into.clear();
+        assert!(rx.try_batch(&mut into, &mut partial));
+        assert_eq!(
+            (into.iter().map(text_of).collect::<Vec<_>>(), partial),
+            (vec!["d"], 0)
+        );
+        into.clear();
+        assert!(!rx.try_batch(&mut into, &mut partial));
+        assert!(o.take_for_through().is_none(), "nothing queued");
+        // All of it written but not yet flushed: the writer takes an empty batch, to flush.
+        o.push(Message::text("e"));
+        let through = o.take_for_through().expect("the writer holds nothing");
+        o.end_through(VecDeque::new(), 0, false);
+        assert!(o.take_for_through().is_none(), "handed back to the writer");
+        assert!(rx.try_batch(&mut into, &mut partial));
+        assert!(into.is_empty());
+        drop(through);
+        // Written whole: nothing for the writer.
+        assert!(!rx.try_batch(&mut into, &mut partial));
+        o.push(Message::text("f"));
+        let through = o.take_for_through().expect("the writer holds nothing");
+        o.end_through(VecDeque::new(), 0, true);
+        assert!(!rx.try_batch(&mut into, &mut partial));
+        drop(through);
+        // Closing: no write-through once the writer must stop.
+        o.push(Message::text("g"));
+        o.stop();
+        assert!(o.take_for_through().is_none());
+    }
+
     /// Every text frame queued now.
     fn texts(rx: &mut OutboxReader) -> Vec<String> {
         let mut batch = VecDeque::new();
-        rx.try_batch(&mut batch);
+        rx.try_batch(&mut batch, &mut 0);
         batch
             .into_iter()
             .map(|o| match o {

@@ -5,7 +5,9 @@
 //! `post` (length, sanitise, store, fan-out). Writer: drain everything queued, write it (through
 //! socket.rs, which shares the socket between the two), flush once; close the socket with the
 //! right RFC 6455 code. tungstenite only reports a protocol error, so sending
-//! the Close frame with its code is done here.
+//! the Close frame with its code is done here. The socket sits in the outbox, where the store's
+//! fan-out writes straight to it while the writer holds nothing (room.rs's `WriteThrough`);
+//! whatever it cannot write whole it hands back to the writer, which takes it first.
 //!
 //! Closing (RFC 6455 section 7.1.1): whoever decides first (the reader on a bad frame or a
 //! flood, the writer on a slow consumer or shutdown) starts one deadline of
@@ -149,7 +151,8 @@ pub fn run(
     if *shared.shutdown.borrow() {
         member.outbox.stop();
     }
-    let socket = Socket::new(ws);
+    // Into the outbox, on the heap: a fan-out writes through to it (room.rs's WriteThrough).
+    member.outbox.attach(ws);
     // An async block rather than an async fn: a fn's arguments are moved into locals of its
     // own and would take their space twice; a block's captures are used where they lie.
     async move {
@@ -171,15 +174,16 @@ pub fn run(
             sent: AtomicBool::new(false),
             sent_notify: Notify::new(),
         };
+        let socket = member.outbox.socket();
         let (failed, out_of_step) = {
             let outbox = &member.outbox;
-            let writer = write_loop(&socket, rx, outbox, &closing);
+            let writer = write_loop(socket, rx, outbox, &closing);
             let conn = Conn {
                 shared: &shared,
                 closing: &closing,
                 member: &member,
             };
-            let reader = read_loop(&socket, conn);
+            let reader = read_loop(socket, conn);
             tokio::pin!(writer);
             tokio::pin!(reader);
             let mut reader = WokenOnly::new(reader);
@@ -223,17 +227,14 @@ pub fn run(
         // Taken only now, so they are not kept for the connection's life.
         let room = member.membership.room.clone();
         let user = member.membership.user().to_string();
+        // Taken before the member leaves the room: from here on no write-through reaches it.
+        let ws = socket.take();
         drop(member);
         // Boxed: its state (the socket, a drain buffer, timers) would otherwise sit in every
         // session's future for the connection's whole life. Made in a statement of its own: a
         // temporary of the await's statement would keep its space there (a reunited socket in
         // an `if let` around the await once took 1.5 KiB).
-        let finishing = Box::pin(finish(
-            socket.into_inner(),
-            closing.deadline(),
-            failed,
-            out_of_step,
-        ));
+        let finishing = Box::pin(finish(ws, closing.deadline(), failed, out_of_step));
         finishing.await;
         shared.metrics.connections_open.dec();
         if ending.code == close::TRY_AGAIN_LATER {
@@ -308,14 +309,14 @@ impl<F: Future> Future for WokenOnly<'_, F> {
 /// discard raw input until the peer stops or the deadline; then send TLS close_notify and shut
 /// the socket, briefly, so a peer that does not read cannot hold it.
 async fn finish(
-    mut ws: Ws,
+    ws: Option<Ws>,
     deadline: Option<tokio::time::Instant>,
     failed: bool,
     out_of_step: bool,
 ) {
-    if failed {
+    let Some(mut ws) = ws.filter(|_| !failed) else {
         return;
-    }
+    };
     let io = ws.get_mut();
     if let (true, Some(deadline)) = (out_of_step, deadline) {
         // On the heap and only here: an array would sit in every session's future, idle or
@@ -694,7 +695,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             ending = &mut interrupt => { closing.begin(ending); break; }
-            () = rx.batch(&mut items) => {}
+            () = rx.batch(&mut items, &mut partial) => {}
         };
         // Write this batch and everything queued meanwhile, then flush once. A socket that
         // will not drain must not hold us here past an overflow or a shutdown.
@@ -713,7 +714,7 @@ async fn write_loop(
                     close_requested = true;
                     break;
                 }
-                if !rx.try_batch(&mut items) {
+                if !rx.try_batch(&mut items, &mut partial) {
                     break;
                 }
             }

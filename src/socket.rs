@@ -11,8 +11,9 @@
 //! pong or its reply to the peer's Close, so: once a ping was read, its pending pong is flushed
 //! before our frames (a pong cut in two by a record boundary must not have ours in between),
 //! and once the peer's Close was read no data frame is written (nothing may follow a Close).
-//! The reader and the writer run in the session's one task, so the lock is never contended;
-//! it is what lets them take turns on the socket.
+//! The reader and the writer run in the session's one task; the only other hand on the lock is
+//! a fan-out writing through to an idle member ([`Socket::write_now`], see room.rs's
+//! `WriteThrough`), which never waits for it.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -21,7 +22,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWrite;
@@ -45,34 +46,54 @@ thread_local! {
 
 /// The socket of one session.
 pub struct Socket {
-    ws: Mutex<Ws>,
+    /// Taken by the session when it ends (the closing handshake's last steps own it).
+    ws: Mutex<Option<Ws>>,
     /// A ping was read: tungstenite may hold its pong, to go out before our frames.
     pinged: AtomicBool,
     /// The peer's Close was read: tungstenite has queued its reply; no data may follow it.
     peer_closed: AtomicBool,
 }
 
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket").finish_non_exhaustive()
+    }
+}
+
 impl Socket {
     pub fn new(ws: Ws) -> Self {
         Socket {
-            ws: Mutex::new(ws),
+            ws: Mutex::new(Some(ws)),
             pinged: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Ws> {
+    fn lock(&self) -> MutexGuard<'_, Option<Ws>> {
         // Nothing panics while holding it; if something did, the socket is still whole.
         self.ws.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn into_inner(self) -> Ws {
-        self.ws.into_inner().unwrap_or_else(PoisonError::into_inner)
+    /// The socket, for the end of the session; from then on nothing else writes to it.
+    pub fn take(&self) -> Option<Ws> {
+        self.lock().take()
+    }
+
+    /// Run `f` on the socket, or report it closed once the session has taken it.
+    fn with<T>(&self, f: impl FnOnce(&mut Ws) -> Poll<Result<T, Error>>) -> Poll<Result<T, Error>> {
+        match self.lock().as_mut() {
+            Some(ws) => f(ws),
+            None => Poll::Ready(Err(Error::AlreadyClosed)),
+        }
     }
 
     /// The next message from the peer (tungstenite answers pings and Close on its own).
     pub async fn next(&self) -> Option<Result<Message, Error>> {
-        let msg = std::future::poll_fn(|cx| self.lock().poll_next_unpin(cx)).await;
+        let msg = std::future::poll_fn(|cx| match self.lock().as_mut() {
+            Some(ws) => ws.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        })
+        .await;
         match &msg {
             Some(Ok(Message::Ping(_))) => self.pinged.store(true, Ordering::Relaxed),
             Some(Ok(Message::Close(_))) => self.peer_closed.store(true, Ordering::Relaxed),
@@ -90,6 +111,45 @@ impl Socket {
         cx: &mut Context<'_>,
         items: &mut VecDeque<Outgoing>,
         partial: &mut usize,
+        written: impl FnMut(usize),
+    ) -> Poll<Result<(), Error>> {
+        self.with(|ws| self.poll_frames_in(ws, cx, items, partial, written))
+    }
+
+    /// Write `items` now, from a thread that is not the session's: true once every frame was
+    /// written and flushed. False when anything is left (the socket is full, in use, closed or
+    /// failed, or a Close is next): the caller hands what is left, `partial` included, to the
+    /// session's writer, and wakes it; the writer's own poll then registers its waker where
+    /// the one used here (a no-op) was left.
+    pub fn write_now(
+        &self,
+        items: &mut VecDeque<Outgoing>,
+        partial: &mut usize,
+        written: impl FnMut(usize),
+    ) -> bool {
+        let Ok(mut guard) = self.ws.try_lock() else {
+            return false;
+        };
+        let Some(ws) = guard.as_mut() else {
+            return false;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            self.poll_frames_in(ws, &mut cx, items, partial, written),
+            Poll::Ready(Ok(()))
+        ) && items.is_empty()
+            && matches!(
+                Pin::new(ws.get_mut()).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            )
+    }
+
+    fn poll_frames_in(
+        &self,
+        ws: &mut Ws,
+        cx: &mut Context<'_>,
+        items: &mut VecDeque<Outgoing>,
+        partial: &mut usize,
         mut written: impl FnMut(usize),
     ) -> Poll<Result<(), Error>> {
         if self.peer_closed.load(Ordering::Relaxed)
@@ -97,8 +157,7 @@ impl Socket {
         {
             return Poll::Ready(Err(Error::Protocol(ProtocolError::SendAfterClosing)));
         }
-        let mut ws = self.lock();
-        ready!(self.poll_flush_own(&mut ws, cx))?;
+        ready!(self.poll_flush_own(ws, cx))?;
         SCRATCH.with_borrow_mut(|scratch| loop {
             scratch.clear();
             fill(scratch, items, *partial);
@@ -118,11 +177,12 @@ impl Socket {
     /// 2.5 % of the CPU at one delivery per write.
     pub async fn flush(&self) -> Result<(), Error> {
         std::future::poll_fn(|cx| {
-            let mut ws = self.lock();
-            if ready!(self.poll_flush_own(&mut ws, cx))? {
-                return Poll::Ready(Ok(()));
-            }
-            Pin::new(ws.get_mut()).poll_flush(cx).map_err(Error::from)
+            self.with(|ws| {
+                if ready!(self.poll_flush_own(ws, cx))? {
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(ws.get_mut()).poll_flush(cx).map_err(Error::from)
+            })
         })
         .await
     }
@@ -140,15 +200,18 @@ impl Socket {
 
     /// As [`Socket::flush`], always through tungstenite.
     async fn flush_all(&self) -> Result<(), Error> {
-        std::future::poll_fn(|cx| self.lock().poll_flush_unpin(cx)).await
+        std::future::poll_fn(|cx| self.with(|ws| ws.poll_flush_unpin(cx))).await
     }
 
     /// Send one message through tungstenite (the Close: tungstenite keeps the closing state).
     /// Flushed even when tungstenite refuses it: after the peer's Close, ours is refused and
     /// the flush is what sends tungstenite's reply.
     pub async fn send(&self, msg: Message) -> Result<(), Error> {
-        std::future::poll_fn(|cx| self.lock().poll_ready_unpin(cx)).await?;
-        let sent = self.lock().start_send_unpin(msg);
+        std::future::poll_fn(|cx| self.with(|ws| ws.poll_ready_unpin(cx))).await?;
+        let sent = match self.lock().as_mut() {
+            Some(ws) => ws.start_send_unpin(msg),
+            None => Err(Error::AlreadyClosed),
+        };
         let flushed = self.flush_all().await;
         sent.and(flushed)
     }

@@ -8,6 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
+use wss_chat::config::HistoryStore;
 
 /// How long after `start` the server closed this socket, reading and discarding what arrives.
 async fn time_to_eof<S: tokio::io::AsyncRead + Unpin>(
@@ -127,6 +128,52 @@ async fn slowloris_is_dropped_at_the_handshake_deadline_and_others_get_in() {
             "{name}: closed after {waited:?}, deadline 600 ms"
         );
     }
+}
+
+/// A member that reads more slowly than the room talks: its socket stays nearly full, so the
+/// fan-out's write-through (SQLite's, the shipped store) often leaves frames, some cut
+/// mid-frame, to the member's writer, which must send them before anything queued later. It
+/// gets every message, in order, each once.
+#[tokio::test]
+async fn a_reader_that_falls_behind_gets_every_message_in_order() {
+    let (s, mut slow) = with_slow_reader(|c| {
+        c.limits.outbound_queue_bytes = 32 << 20;
+        c.history.store = HistoryStore::Sqlite;
+    })
+    .await;
+    let mut sender = s.join("alice", "other").await;
+    let mut healthy = s.join("bob", "other").await;
+    let (n, text) = (1500, "q".repeat(3990));
+    let (mut read, mut seq) = (0, None);
+    let mut read_slow = async |upto: usize| {
+        while read < upto {
+            let m = recv_json(&mut slow).await;
+            assert_eq!(m["type"], "message", "{m}");
+            let got = m["text"].as_str().unwrap();
+            assert_eq!(got.split(' ').next(), Some(read.to_string().as_str()));
+            let s = m["seq"].as_u64().unwrap();
+            assert!(seq.is_none_or(|p| s == p + 1), "seq {s} after {seq:?}");
+            seq = Some(s);
+            read += 1;
+        }
+    };
+    // In bursts, so one commit (and one write-through) holds many frames: more than the TLS
+    // stream takes into a socket that the slow reader keeps nearly full by reading only half
+    // of each burst.
+    for burst in (0..n).collect::<Vec<_>>().chunks(100) {
+        for i in burst {
+            say(&mut sender, &format!("{i} {text}")).await;
+        }
+        for i in burst {
+            let m = recv_json(&mut healthy).await;
+            assert!(m["text"].as_str().unwrap().starts_with(&format!("{i} ")));
+        }
+        read_slow(burst[0] / 2).await;
+    }
+    read_slow(n).await;
+    // Nothing more: the next frame is the marker sent after them.
+    let (marker, _m) = send_marker(&s, "other").await;
+    expect_marker_next(&mut slow, &marker).await;
 }
 
 #[tokio::test]
