@@ -341,6 +341,12 @@ impl Outbox {
         self.waker.wake();
     }
 
+    /// Off a write-through's list that will not be flushed: the writer does the writing.
+    fn unlist_and_wake(&self) {
+        self.listed.store(false, Ordering::Relaxed);
+        self.waker.wake();
+    }
+
     /// The writer reports bytes it has handed to the socket.
     pub fn written(&self, len: usize) {
         self.queued.fetch_sub(len, Ordering::Relaxed);
@@ -389,10 +395,7 @@ impl WriteThrough {
         impl Drop for Restore {
             fn drop(&mut self) {
                 if let Some(left) = DEFERRED.replace(self.0.take()) {
-                    for o in left {
-                        o.listed.store(false, Ordering::Relaxed);
-                        o.waker.wake();
-                    }
+                    left.iter().for_each(|o| o.unlist_and_wake());
                 }
             }
         }
@@ -431,8 +434,7 @@ impl WriteThrough {
 impl Drop for WriteThrough {
     fn drop(&mut self) {
         for o in self.touched.drain(self.next..) {
-            o.listed.store(false, Ordering::Relaxed);
-            o.waker.wake();
+            o.unlist_and_wake();
         }
     }
 }

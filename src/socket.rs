@@ -116,7 +116,7 @@ impl Socket {
         self.with(|ws| self.poll_frames_in(ws, cx, items, partial, written))
     }
 
-    /// Write `items` now, from a thread that is not the session's: true once every frame was
+    /// Write `items` now, from a task that is not the session's: true once every frame was
     /// written and flushed. False when anything is left (the socket is full, in use, closed or
     /// failed, or a Close is next): the caller hands what is left, `partial` included, to the
     /// session's writer, and wakes it; the writer's own poll then registers its waker where
