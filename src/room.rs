@@ -411,23 +411,22 @@ impl WriteThrough {
         self.next == self.touched.len()
     }
 
-    /// Write through to the listed outboxes for about `slice`: true once all are done, false
-    /// if some are left for the next call (the caller lets other tasks run in between; a
-    /// fan-out run meanwhile adds its frames to the queues of those left, and lists again
-    /// those already written to).
-    pub fn flush(&mut self, slice: Duration) -> bool {
+    /// Write through to the listed outboxes for about `slice`; those left (see
+    /// [`WriteThrough::is_empty`]) wait for the next call. The caller lets other tasks run in
+    /// between; a fan-out run meanwhile adds its frames to the queues of those left, and lists
+    /// again those already written to.
+    pub fn flush(&mut self, slice: Duration) {
         let started = Instant::now();
         while let Some(o) = self.touched.get(self.next) {
             self.next += 1;
             o.listed.store(false, Ordering::Relaxed);
             o.write_through();
             if self.next.is_multiple_of(32) && started.elapsed() >= slice {
-                return false;
+                return;
             }
         }
         self.touched.clear();
         self.next = 0;
-        true
     }
 }
 
