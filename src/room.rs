@@ -386,6 +386,10 @@ pub struct WriteThrough {
     next: usize,
 }
 
+/// How long a write-through (or the fan-outs before it) runs before its task lets the worker's
+/// other tasks run: about a scheduler time slice.
+pub const THROUGH_SLICE: Duration = Duration::from_millis(2);
+
 impl WriteThrough {
     /// Run `f` with this thread's fan-outs listing their outboxes here.
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
@@ -427,6 +431,15 @@ impl WriteThrough {
         }
         self.touched.clear();
         self.next = 0;
+    }
+
+    /// Write through to every listed outbox, letting the worker's other tasks run after each
+    /// [`THROUGH_SLICE`].
+    pub async fn flush_all(&mut self) {
+        while !self.is_empty() {
+            self.flush(THROUGH_SLICE);
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Durability;
 use crate::metrics::Metrics;
-use crate::room::WriteThrough;
+use crate::room::{WriteThrough, THROUGH_SLICE};
 use crate::store::{
     new_epoch, now_ms, Done, Event, EventKind, MemoryLog, RoomLog, Store, StoreError, Write, Writer,
 };
@@ -55,10 +55,6 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 const TRIM_AGAIN: Duration = Duration::from_millis(20);
 const TRIM_ROWS: usize = 500;
 const TRIM_ROOMS: usize = 128;
-
-/// How long the settler runs callbacks, and then writes, before it lets the worker's other
-/// tasks run: about a scheduler time slice.
-const SETTLE_SLICE: Duration = Duration::from_millis(2);
 
 /// What the writer thread is asked to do.
 pub(crate) enum Job {
@@ -108,11 +104,11 @@ fn settler() -> Option<tokio::sync::mpsc::UnboundedSender<Settled>> {
             let slice = Instant::now();
             while let Some((done, result)) = waiting.pop_front() {
                 through.run(|| done(result));
-                if slice.elapsed() >= SETTLE_SLICE {
+                if slice.elapsed() >= THROUGH_SLICE {
                     break;
                 }
             }
-            through.flush(SETTLE_SLICE);
+            through.flush(THROUGH_SLICE);
             tokio::task::yield_now().await;
         }
     }));
