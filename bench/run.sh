@@ -11,6 +11,7 @@
 #   cp target/release/wss-chat /tmp/old; ...change...; BEFORE=/tmp/old SERVERS="wss-chat wss-chat-before" bench/run.sh
 #                                    # a change on the hot path, before and after, in one run
 #   LOADGEN=/tmp/loadgen-old bench/run.sh   # another load generator binary (to compare its own cost)
+#   KEEP_LOGS=/tmp/logs bench/run.sh      # keep each step's server log (the work dir goes at exit)
 #
 # Installs its peers: npm packages into bench/peers/node_modules, Go and gorilla/websocket from
 # Debian (apt-get; needs root), and builds everything in release mode.
@@ -124,6 +125,9 @@ for r in $(seq 1 "$REPEATS"); do
       start "$name"
       out=$(loadgen "${args[@]}" 2>&1) || true
       stop_server
+      # The work dir goes at exit; KEEP_LOGS=DIR keeps each step's server log (a step that
+      # failed, such as a big room the server stopped filling, is explained there).
+      [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$WORK/server.log" "$KEEP_LOGS/$r-$name-$mode.log" 2>/dev/null
       echo "$out" | grep -v '^RESULT' | sed 's/^/   /'
       echo "$out" | sed -n "s/^RESULT /$name $mode /p" >> "$RESULTS"
     done
