@@ -10,6 +10,7 @@
 #   REPEATS=3 SERVERS="wss-chat wss-chat-off" MODES="broadcast saturate" bench/run.sh  # history on vs off
 #   cp target/release/wss-chat /tmp/old; ...change...; BEFORE=/tmp/old SERVERS="wss-chat wss-chat-before" bench/run.sh
 #                                    # a change on the hot path, before and after, in one run
+#   BEFORE=/tmp/old SERVERS="wss-chat-off wss-chat-off-before" bench/run.sh  # the same, history off
 #   LOADGEN=/tmp/loadgen-old bench/run.sh   # another load generator binary (to compare its own cost)
 #   KEEP_LOGS=/tmp/logs bench/run.sh      # keep each step's server log (the work dir goes at exit)
 #
@@ -70,10 +71,10 @@ start() {
   local name=$1 cpus=0
   [ "$name" = wss-chat-2core ] && cpus=0,1
   case $name in
-    wss-chat|wss-chat-2core|wss-chat-off|wss-chat-before)
+    wss-chat|wss-chat-2core|wss-chat-off|wss-chat-before|wss-chat-off-before)
       local conf=$WORK/config.toml bin=target/release/wss-chat
-      [ "$name" = wss-chat-off ] && conf=$WORK/off/config.toml
-      [ "$name" = wss-chat-before ] && bin=${BEFORE:?BEFORE=path of the binary to compare with}
+      case $name in wss-chat-off*) conf=$WORK/off/config.toml ;; esac
+      case $name in *-before) bin=${BEFORE:?BEFORE=path of the binary to compare with} ;; esac
       # Every run starts from an empty store: no backlog sent to the clients as they join.
       rm -rf "$WORK/data"
       start_server "taskset -c $cpus $bin" "$conf" "$WORK/server.log"
@@ -167,7 +168,7 @@ metrics = [
     ("load generator's CPU-us per delivery, broadcast", "broadcast", "loadgen_us_per_delivery", None),
     ("load generator's CPU, % of its core, churn", "churn", "loadgen_pct", None),
 ]
-servers = [s for s in ["wss-chat", "wss-chat-off", "wss-chat-before", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
+servers = [s for s in ["wss-chat", "wss-chat-off", "wss-chat-before", "wss-chat-off-before", "uws", "node-ws", "gorilla", "wss-chat-2core"] if any(k[0] == s for k in rows)]
 peers = [s for s in servers if s not in ("wss-chat", "wss-chat-2core")]
 def med(name, mode, key):
     vals = [r[key] for r in rows.get((name, mode), []) if r.get(key) is not None]

@@ -8,10 +8,11 @@
 //! callback ([`Room::settle`]) then appends and delivers it, in seq order, and a failed write
 //! refuses it and every later pending one, so no seq is skipped. A member whose outbox is full
 //! is marked a slow consumer and its own writer closes it; nobody else waits for it, and no
-//! lock is held while writing to a socket. A fan-out run by the store's settler
-//! ([`WriteThrough`]) then writes each idle member's frames into its socket itself, after the
-//! room's lock is released; a member whose writer is busy, or whose socket is full, is left to
-//! its writer, in order. Presence lives here too, under the same lock: a user's first
+//! lock is held while writing to a socket. A fan-out (run by the SQLite store's settler, the
+//! presence tick, the Redis subscriber, or with no store the sender) only lists the outboxes it
+//! queued to; a [`WriteThrough`] then writes each idle member's frames into its socket, after
+//! the room's lock is released and off the sender's task; a member whose writer is busy, or
+//! whose socket is full, is left to its writer, in order. Presence lives here too, under the same lock: a user's first
 //! connection to a room sends `join` to the others, the last one to go `leave`. A place in a
 //! room is first reserved by the gate (so a full room is refused before the upgrade) and then
 //! taken by the engine's join.
@@ -433,6 +434,22 @@ impl WriteThrough {
         self.next = 0;
     }
 
+    /// Write through on a task of its own, so the caller (a sender's session, with no store
+    /// to settle its fan-out) goes on at once: one task spawned per fan-out rather than one
+    /// woken per member, and fan-outs of different messages may run on different workers.
+    /// Without a runtime the members' writers are woken instead (see `Drop`).
+    pub fn flush_elsewhere(mut self) {
+        if self.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Unconstrained: see the SQLite settler.
+            runtime.spawn(tokio::task::unconstrained(
+                async move { self.flush_all().await },
+            ));
+        }
+    }
+
     /// Write through to every listed outbox, letting the worker's other tasks run after each
     /// [`THROUGH_SLICE`].
     pub async fn flush_all(&mut self) {
@@ -732,7 +749,11 @@ impl Room {
         }
         let Some(writer) = st.writer.clone() else {
             let seq = st.log.append(ts, kind)?;
-            return Ok(Published::New(st.deliver(from, encode(seq), seq)));
+            let mut through = WriteThrough::default();
+            let fanout = through.run(|| st.deliver(from, encode(seq), seq));
+            drop(st);
+            through.flush_elsewhere();
+            return Ok(Published::New(fanout));
         };
         if st.pending.len() >= MAX_PENDING {
             return Err(StoreError("too many messages waiting for the store".into()));
