@@ -14,6 +14,9 @@
 #   LOADGEN=/tmp/loadgen-old bench/run.sh   # another load generator binary (to compare its own cost)
 #   KEEP_LOGS=/tmp/logs bench/run.sh      # keep each step's server log (the work dir goes at exit)
 #
+# After a wss-chat step, "server: ..." lines name any handshakes it refused (by reason) and any
+# slow consumers it closed, from its metrics: a step that could not fill its room says why.
+#
 # Installs its peers: npm packages into bench/peers/node_modules, Go and gorilla/websocket from
 # Debian (apt-get; needs root), and builds everything in release mode.
 set -euo pipefail
@@ -60,6 +63,9 @@ ROOMS=$(python3 -c "import sys; n, p = int(sys.argv[1]), int(sys.argv[2]); print
 load_config "$WORK" "$ROOMS" 16000 "messages_per_second = 1000000
 burst = 1000000
 handshakes_per_minute_per_ip = 1000000" $((IDLE_ROOMS + PAIRS + 10))
+# Metrics on an ephemeral loopback port (the server logs it), read after each step so a step
+# that lost clients says why (handshakes refused by reason, slow consumers closed).
+printf '[metrics]\nlisten = "127.0.0.1:0"\n' >> "$WORK/config.toml"
 # wss-chat-off: the same with history off (a relay), to price the store.
 mkdir -p "$WORK/off"
 cp "$WORK/config.toml" "$WORK/jwt-secret" "$WORK/cert.pem" "$WORK/key.pem" "$WORK/off/"
@@ -101,6 +107,15 @@ loadgen() {
     --server-pid "$SERVER_PID" --source-ips 400 "${AUTH[@]}" "$@"
 }
 
+# refusals: for wss-chat, the handshakes it refused (by reason) and the slow consumers it
+# closed during the step, when there were any (from its metrics).
+refusals() {
+  local url
+  url=$(sed -n 's/.*serving metrics at \(http:[^ ]*\).*/\1/p' "$WORK/server.log" | head -n1)
+  [ -n "$url" ] || return 0
+  curl -s --max-time 5 "$url" | awk '/^wss_chat_(handshakes_refused|slow_consumers_closed)_total/ && $NF > 0 { printf "   server: %s\n", $0 }' || true
+}
+
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
 for r in $(seq 1 "$REPEATS"); do
@@ -125,11 +140,13 @@ for r in $(seq 1 "$REPEATS"); do
       echo "== run $r/$REPEATS: $name $mode"
       start "$name"
       out=$(loadgen "${args[@]}" 2>&1) || true
+      refused=$(refusals)
       stop_server
       # The work dir goes at exit; KEEP_LOGS=DIR keeps each step's server log (a step that
       # failed, such as a big room the server stopped filling, is explained there).
       [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$WORK/server.log" "$KEEP_LOGS/$r-$name-$mode.log" 2>/dev/null
       echo "$out" | grep -v '^RESULT' | sed 's/^/   /'
+      [ -z "$refused" ] || echo "$refused"
       echo "$out" | sed -n "s/^RESULT /$name $mode /p" >> "$RESULTS"
     done
   done
