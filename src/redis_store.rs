@@ -16,7 +16,7 @@
 //! a worker of the sockets' runtime; the password is read from a file or the environment,
 //! kept in the client, and never logged. Received events' fan-outs write through to idle
 //! members' sockets (room.rs's `WriteThrough`) from a task of the sockets' runtime
-//! ([`flusher`]) rather than wake each member's task from the Redis thread.
+//! ([`hand_off`]) rather than wake each member's task from the Redis thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,8 +195,9 @@ struct Ctx {
     /// Redis answered the last health check (a PING every second, bounded by
     /// `redis.command_timeout_ms`) and the last command.
     healthy: Arc<AtomicBool>,
-    /// Where received events' write-throughs go, if the store was opened in a runtime.
-    flusher: Option<mpsc::UnboundedSender<WriteThrough>>,
+    /// The runtime the store was opened in (the sockets' one), where received events'
+    /// write-throughs run ([`hand_off`]).
+    sockets: Option<tokio::runtime::Handle>,
 }
 
 impl Ctx {
@@ -302,7 +303,7 @@ impl RedisStore {
             early: Arc::new(Mutex::new(Vec::new())),
             metrics,
             healthy: Arc::new(AtomicBool::new(true)),
-            flusher: flusher(),
+            sockets: tokio::runtime::Handle::try_current().ok(),
         });
         info!(prefix = %ctx.prefix, node = %ctx.node, "connected to Redis");
         let (jobs, rx) = mpsc::unbounded_channel();
@@ -1123,43 +1124,24 @@ async fn subscribe(
                     }
                 }
             }
-            hand_off(&ctx, &mut through).await;
+            hand_off(&ctx, &mut through);
             next = messages.next().await;
         }
         warn!("Redis subscription lost; resubscribing");
     }
 }
 
-/// A task of the runtime the store was opened in (the sockets' one) that writes through to
-/// the members' sockets listed by received events' fan-outs. Not the Redis thread: writing a
-/// fan-out to 500 sockets takes milliseconds, and the next message's publish would wait behind
-/// it. One wake-up of this task per batch of events replaces one wake-up per member, each from
-/// the Redis thread's runtime into the sockets' (`scripts/bench-cluster.sh`, three alternated
-/// pairs: 8.3, 8.3, 7.7 CPU-us per delivery against 9.2, 9.6, 8.8; p99 9.2, 9.2, 9.7 against
-/// 10.2, 10.8, 8.7 ms; written by the Redis thread itself the CPU fell as far, but p99 rose to
-/// 11.8-18.4 ms). Without a runtime (unit tests) the Redis thread writes.
-fn flusher() -> Option<mpsc::UnboundedSender<WriteThrough>> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<WriteThrough>();
-    // Unconstrained for the reason the SQLite settler is: tokio's cooperative budget would
-    // fail all but the first 128 writes of a poll. It yields every slice (`flush_all`).
-    runtime.spawn(tokio::task::unconstrained(async move {
-        while let Some(mut through) = rx.recv().await {
-            through.flush_all().await;
-        }
-    }));
-    Some(tx)
-}
-
-/// Have what `through` lists written through (by the flusher, or here without one); a list
-/// the flusher can no longer take wakes its members' writers as it is dropped.
-async fn hand_off(ctx: &Ctx, through: &mut WriteThrough) {
-    if through.is_empty() {
-        return;
-    }
-    match &ctx.flusher {
-        Some(tx) => drop(tx.send(std::mem::take(through))),
-        None => through.flush_all().await,
+/// Have what `through` lists written through on a task of the sockets' runtime. Not on the
+/// Redis thread: writing a fan-out to 500 sockets takes milliseconds, and the next message's
+/// publish would wait behind it. One task per batch of events replaces one wake-up per member,
+/// each from the Redis thread's runtime into the sockets' (`scripts/bench-cluster.sh`, three
+/// alternated pairs: 8.3, 8.3, 7.7 CPU-us per delivery against 9.2, 9.6, 8.8; p99 9.2, 9.2, 9.7
+/// against 10.2, 10.8, 8.7 ms; written by the Redis thread itself the CPU fell as far, but p99
+/// rose to 11.8-18.4 ms). Without that runtime (unit tests) the members' writers are woken.
+fn hand_off(ctx: &Ctx, through: &mut WriteThrough) {
+    let through = std::mem::take(through);
+    if let Some(runtime) = &ctx.sockets {
+        through.flush_on(runtime);
     }
 }
 
@@ -1236,7 +1218,7 @@ async fn deliver(
     }
     if let Received::Gap(top) = received {
         // Missed events (a lost publish, a reconnect): the stream has them, in order.
-        hand_off(ctx, through).await;
+        hand_off(ctx, through);
         if let Ok(missing) = fetch(ctx, con, &room.name, top + 1, event.seq - 1).await {
             ctx.metrics.redis_gap_fills.inc_by(missing.len() as u64);
             for (e, origin) in &missing {

@@ -12,10 +12,10 @@
 //! presence tick, the Redis subscriber, or with no store the sender) only lists the outboxes it
 //! queued to; a [`WriteThrough`] then writes each idle member's frames into its socket, after
 //! the room's lock is released and off the sender's task; a member whose writer is busy, or
-//! whose socket is full, is left to its writer, in order. Presence lives here too, under the same lock: a user's first
-//! connection to a room sends `join` to the others, the last one to go `leave`. A place in a
-//! room is first reserved by the gate (so a full room is refused before the upgrade) and then
-//! taken by the engine's join.
+//! whose socket is full, is left to its writer, in order. Presence lives here too, under the
+//! same lock: a user's first connection to a room sends `join` to the others, the last one to
+//! go `leave`. A place in a room is first reserved by the gate (so a full room is refused
+//! before the upgrade) and then taken by the engine's join.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -434,19 +434,24 @@ impl WriteThrough {
         self.next = 0;
     }
 
-    /// Write through on a task of its own, so the caller (a sender's session, with no store
-    /// to settle its fan-out) goes on at once: one task spawned per fan-out rather than one
-    /// woken per member, and fan-outs of different messages may run on different workers.
-    /// Without a runtime the members' writers are woken instead (see `Drop`).
-    pub fn flush_elsewhere(mut self) {
+    /// Write through on a task of its own on `runtime`, so the caller (a sender's session with
+    /// no store, the Redis thread) goes on at once: one task spawned per fan-out or batch
+    /// rather than one woken per member, and different fan-outs may run on different workers.
+    pub fn flush_on(mut self, runtime: &tokio::runtime::Handle) {
         if self.is_empty() {
             return;
         }
+        // Unconstrained: see the SQLite settler.
+        runtime.spawn(tokio::task::unconstrained(
+            async move { self.flush_all().await },
+        ));
+    }
+
+    /// [`WriteThrough::flush_on`] the current runtime; without one the members' writers are
+    /// woken instead (see `Drop`).
+    pub fn flush_elsewhere(self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // Unconstrained: see the SQLite settler.
-            runtime.spawn(tokio::task::unconstrained(
-                async move { self.flush_all().await },
-            ));
+            self.flush_on(&runtime);
         }
     }
 
