@@ -5,6 +5,7 @@
 #
 #   REPEATS=3 scripts/bench-cluster.sh
 #   WSS_CHAT=/tmp/old REPEATS=3 scripts/bench-cluster.sh   # another build of the server
+#   RATE=50 REPEATS=3 scripts/bench-cluster.sh            # messages per second (default 100)
 #
 # Besides the load generator's figures it prints the CPU the two nodes and Redis used over the
 # whole run (connecting included) per delivery, from /proc: for A/B comparisons of one change.
