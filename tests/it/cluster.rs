@@ -408,6 +408,27 @@ async fn learns_present(ws: &mut Ws, welcome: &Value, want: &[&str]) {
     }
 }
 
+/// Wait (at most 5 s) until Redis counts `n` connections of `user` in the lobby.
+async fn tabs_counted(redis: &Redis, user: &str, n: i64) {
+    let mut con = redis.connection().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let counted: Option<i64> = redis::cmd("HGET")
+            .arg("wss-chat:{lobby}:users")
+            .arg(user)
+            .query(&mut con)
+            .unwrap();
+        if counted == Some(n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user}: {counted:?} tabs counted, not {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn presence_spans_nodes_counts_tabs_everywhere_and_a_killed_node_leaves_no_ghosts() {
     let redis = Redis::start();
@@ -423,6 +444,9 @@ async fn presence_spans_nodes_counts_tabs_everywhere_and_a_killed_node_leaves_no
     // Bob's second tab, on the other node: listed once, announced to nobody.
     let (bob_a, w) = join_q(&a, "bob", "").await;
     assert_eq!(members(&w), ["alice", "bob"]);
+    // Node A counts the tab in Redis after its welcome; closing the first tab before that
+    // would be a real leave and rejoin (presence across nodes is eventually consistent).
+    tabs_counted(&redis, "bob", 2).await;
     // Bob closes the tab on node B: he is still here (node A); then the one on node A: leave.
     bob.close(None).await.unwrap();
     drop(bob);
