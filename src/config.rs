@@ -154,6 +154,9 @@ pub struct RoomsConfig {
     pub auto_create: bool,
     pub max_rooms: usize,
     pub max_members: usize,
+    /// A busy room writes to its members at most once per this many milliseconds, each write
+    /// carrying every message since the last; 0 writes each message on its own.
+    pub batch_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -455,6 +458,7 @@ impl Default for RoomsConfig {
             auto_create: false,
             max_rooms: 100,
             max_members: 1_000,
+            batch_ms: 20,
         }
     }
 }
@@ -635,6 +639,8 @@ pub const DEMO_TOKENS: [(&str, &str); 2] = [
 
 /// Hard ceilings: past these a setting stops being a loosened default and becomes a hazard.
 const MAX_MESSAGE_BYTES_CEILING: usize = 1 << 20;
+/// Past this a busy room's messages visibly lag behind their senders.
+const MAX_BATCH_MS: u64 = 1_000;
 const MIN_JWT_SECRET_BYTES: usize = 32;
 /// A secret file is a few dozen bytes; anything this large is the wrong file.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
@@ -891,6 +897,12 @@ impl Config {
         }
         if self.rooms.max_members == 0 {
             bad("rooms.max_members", "must be at least 1".into());
+        }
+        if self.rooms.batch_ms > MAX_BATCH_MS {
+            bad(
+                "rooms.batch_ms",
+                format!("must be at most {MAX_BATCH_MS} (a busy room's messages would lag)"),
+            );
         }
 
         let l = &self.limits;
@@ -1303,6 +1315,17 @@ mod tests {
         assert!(keys.contains(&"server.listen"), "{keys:?}");
         assert!(keys.contains(&"limits.burst"), "{keys:?}");
         assert!(keys.contains(&"limits.max_message_bytes"), "{keys:?}");
+    }
+
+    #[test]
+    fn batch_ms_is_bounded_and_named() {
+        let with = |ms: u64| MINIMAL.replace("[rooms]\n", &format!("[rooms]\nbatch_ms = {ms}\n"));
+        let c = Config::parse(&with(1000)).unwrap();
+        assert_eq!(c.rooms.batch_ms, 1000);
+        assert!(c.validate().is_ok());
+        let problems = Config::parse(&with(1001)).unwrap().validate().unwrap_err();
+        assert_eq!(problems[0].key, "rooms.batch_ms", "{problems:?}");
+        assert_eq!(Config::parse(MINIMAL).unwrap().rooms.batch_ms, 20);
     }
 
     #[test]

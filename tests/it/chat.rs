@@ -1,5 +1,7 @@
 //! Broadcast, acks, identity and sanitising, seen from the receiving clients.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use crate::support::*;
@@ -309,4 +311,47 @@ async fn a_client_cannot_reach_another_room() {
         assert_eq!(m["room"], "lobby");
     }
     expect_nothing_more(&s, &mut in_secret, "secret").await;
+}
+
+/// `rooms.batch_ms`: a message into a quiet room goes out at once; one that follows less than
+/// `batch_ms` after the room's last write waits for the rest of it and goes out with the
+/// others that came meanwhile, in order; the sender's ack is not held. With and without the
+/// durable store, whose fan-outs run in different places.
+#[tokio::test]
+async fn a_busy_rooms_messages_go_out_together_after_batch_ms_and_a_quiet_rooms_at_once() {
+    const BATCH: Duration = Duration::from_millis(600);
+    for store in [HistoryStore::Off, HistoryStore::Sqlite] {
+        let s = Server::start_with(|c| {
+            c.rooms.batch_ms = BATCH.as_millis() as u64;
+            c.history.store = store;
+        });
+        let mut a = s.join("alice", "lobby").await;
+        let mut b = s.join("bob", "lobby").await;
+        let t0 = Instant::now();
+        let msg = |text: &str| json!({"type": "message", "text": text, "id": text});
+        send_json(&mut a, msg("one")).await;
+        assert_eq!(recv_json(&mut b).await["text"], "one");
+        assert!(
+            t0.elapsed() < BATCH,
+            "{store:?}: the first message waited for a batch"
+        );
+        assert_eq!(recv_json(&mut a).await["type"], "ack");
+        send_json(&mut a, msg("two")).await;
+        send_json(&mut a, msg("three")).await;
+        for id in ["two", "three"] {
+            assert_eq!(recv_json(&mut a).await["id"], id);
+        }
+        assert!(
+            t0.elapsed() < BATCH,
+            "{store:?}: an ack waited for the batch"
+        );
+        // The room wrote "one" after t0, so the next write is due BATCH after that.
+        assert_eq!(recv_json(&mut b).await["text"], "two");
+        assert!(
+            t0.elapsed() >= BATCH,
+            "{store:?}: \"two\" went out before its batch"
+        );
+        assert_eq!(recv_json(&mut b).await["text"], "three");
+        expect_nothing_more(&s, &mut b, "lobby").await;
+    }
 }
