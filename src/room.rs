@@ -770,17 +770,17 @@ impl Pacing {
         }
         r
     }
+}
 
-    /// Without pacing the fan-out runs as it is.
-    fn maybe<R>(pacing: &Option<Pacing>, f: impl FnOnce() -> R) -> R {
-        match pacing {
+impl Room {
+    /// Run a message's fan-out `f` (under the room's lock), paced if the room is.
+    fn paced<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.pacing {
             Some(p) => p.run(f),
             None => f(),
         }
     }
-}
 
-impl Room {
     /// Append an event to the room's log and deliver it to every member but `from`. `encode`
     /// gets the event's `seq` and returns the frame, built once and shared by
     /// all recipients. A log that refuses the event delivers it to nobody.
@@ -834,8 +834,7 @@ impl Room {
         let Some(writer) = st.writer.clone() else {
             let seq = st.log.append(ts, kind)?;
             let mut through = WriteThrough::default();
-            let fanout =
-                through.run(|| Pacing::maybe(&self.pacing, || st.deliver(from, encode(seq), seq)));
+            let fanout = through.run(|| self.paced(|| st.deliver(from, encode(seq), seq)));
             drop(st);
             through.flush_elsewhere();
             return Ok(Published::New(fanout));
@@ -886,8 +885,7 @@ impl Room {
                 let p = st.pending.pop_front().expect("checked above");
                 let appended = st.log.append(p.event.ts, &p.event.kind);
                 debug_assert_eq!(appended.as_ref().ok(), Some(&p.event.seq));
-                let fanout =
-                    Pacing::maybe(&self.pacing, || st.deliver(p.from, p.frame, p.event.seq));
+                let fanout = self.paced(|| st.deliver(p.from, p.frame, p.event.seq));
                 let mut waiters = p.waiters.into_iter();
                 if let Some(first) = waiters.next() {
                     first(Ok((p.event.clone(), Some(fanout))));
@@ -920,7 +918,7 @@ impl Room {
     ) -> (bool, Received) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let resynced = epoch.is_some_and(|e| st.resync(e));
-        let received = Pacing::maybe(&self.pacing, || st.receive(event, origin, encode));
+        let received = self.paced(|| st.receive(event, origin, encode));
         (resynced, received)
     }
 
