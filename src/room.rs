@@ -726,9 +726,8 @@ struct Pacing {
 struct Pace {
     /// When the members were last written to: a fan-out written at once, or a held flush.
     last: Option<Instant>,
+    /// Outboxes waiting for the next write; a task is due to flush them while there are any.
     held: WriteThrough,
-    /// A task will flush `held`.
-    scheduled: bool,
 }
 
 impl Pacing {
@@ -745,23 +744,22 @@ impl Pacing {
     fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let waiting = !pace.held.is_empty();
         let due = match pace.last {
-            Some(last) if pace.scheduled || now < last + self.every => last + self.every,
+            Some(last) if waiting || now < last + self.every => last + self.every,
             _ => {
                 pace.last = Some(now);
                 return f();
             }
         };
         let r = pace.held.run(f);
-        if !pace.scheduled && !pace.held.is_empty() {
-            pace.scheduled = true;
+        if !waiting && !pace.held.is_empty() {
             let state = self.state.clone();
             // Unconstrained: see the SQLite settler.
             self.runtime.spawn(tokio::task::unconstrained(async move {
                 tokio::time::sleep_until(due.into()).await;
                 let mut held = {
                     let mut pace = state.lock().unwrap_or_else(|p| p.into_inner());
-                    pace.scheduled = false;
                     pace.last = Some(Instant::now());
                     std::mem::take(&mut pace.held)
                 };
