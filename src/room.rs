@@ -731,15 +731,6 @@ struct Pace {
 }
 
 impl Pacing {
-    /// Pacing for a new room, from [`Rooms::batch`].
-    fn new(batch: &Option<(Duration, tokio::runtime::Handle)>) -> Option<Pacing> {
-        batch.as_ref().map(|(every, runtime)| Pacing {
-            every: *every,
-            runtime: runtime.clone(),
-            state: Arc::default(),
-        })
-    }
-
     /// Run the fan-out `f` (under the room's lock), held if the room wrote less than `every` ago.
     fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -771,6 +762,27 @@ impl Pacing {
 }
 
 impl Room {
+    /// A room on `log`, paced as [`Rooms::batch`] says.
+    fn new(
+        name: &str,
+        log: Box<dyn RoomLog>,
+        store: &dyn Store,
+        waiting: &Arc<Waiting>,
+        batch: &Option<(Duration, tokio::runtime::Handle)>,
+    ) -> Arc<Room> {
+        Arc::new(Room {
+            name: name.into(),
+            state: RoomState::new(log, store),
+            presence_waiting: AtomicBool::new(false),
+            waiting: waiting.clone(),
+            pacing: batch.as_ref().map(|(every, runtime)| Pacing {
+                every: *every,
+                runtime: runtime.clone(),
+                state: Arc::default(),
+            }),
+        })
+    }
+
     /// Run a message's fan-out `f` (under the room's lock), paced if the room is.
     fn paced<R>(&self, f: impl FnOnce() -> R) -> R {
         match &self.pacing {
@@ -1186,13 +1198,7 @@ impl Rooms {
             let log = store
                 .open(n)
                 .map_err(|e| format!("room {n}: cannot open its history: {}", e.0))?;
-            let room = Arc::new(Room {
-                name: n.as_str().into(),
-                state: RoomState::new(log, store.as_ref()),
-                presence_waiting: AtomicBool::new(false),
-                waiting: waiting.clone(),
-                pacing: Pacing::new(&batch),
-            });
+            let room = Room::new(n, log, store.as_ref(), &waiting, &batch);
             room.load_presence(presence)
                 .map_err(|e| format!("room {n}: cannot read who is present: {}", e.0))?;
             rooms.insert(n.clone(), room);
@@ -1271,13 +1277,7 @@ impl Rooms {
     /// A room that is not in the registry, opened from the store.
     fn open(&self, name: &str) -> Result<Arc<Room>, JoinError> {
         let log = self.store.open(name).map_err(|_| JoinError::Unavailable)?;
-        let r = Arc::new(Room {
-            name: name.into(),
-            state: RoomState::new(log, self.store.as_ref()),
-            presence_waiting: AtomicBool::new(false),
-            waiting: self.waiting.clone(),
-            pacing: Pacing::new(&self.batch),
-        });
+        let r = Room::new(name, log, self.store.as_ref(), &self.waiting, &self.batch);
         r.load_presence(self.presence)
             .map_err(|_| JoinError::Unavailable)?;
         Ok(r)
