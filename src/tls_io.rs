@@ -10,8 +10,9 @@
 //! Limits: a partial record may not grow past the largest a peer may send (a joined handshake
 //! message during the handshake, one TLS record after it); no more plaintext is taken than
 //! keeps the waiting output within a record's worth, so a peer that does not read holds back
-//! our writer rather than grow a buffer. Output may be held back ([`Cork`]) while hyper writes a 101, so that the
-//! 101 and the session's first frames leave in one write. Errors from rustls (a bad record, a
+//! our writer rather than grow a buffer. The session tickets that end the handshake wait for
+//! the first write, and output may be held back ([`Cork`]) while hyper writes a 101, so that
+//! the tickets, the 101 and the session's first frames leave in one write. Errors from rustls (a bad record, a
 //! failed handshake) are sent to the peer as its alert when one is queued, and end the stream
 //! with `InvalidData`.
 
@@ -57,6 +58,10 @@ pub struct TlsStream {
     write_closed: bool,
     /// While set and held, output waits in `outgoing` (see [`Cork`]).
     cork: Option<Cork>,
+    /// The session tickets rustls queues as the handshake ends wait in `outgoing` for our
+    /// first write (the 101, or a refusal) and leave in it: a system call and a loopback
+    /// packet less per connection. No client waits for a ticket before it sends its request.
+    tickets_wait: bool,
 }
 
 /// What [`TlsStream::accept`] found on a socket.
@@ -119,6 +124,7 @@ impl TlsStream {
             read_closed: false,
             write_closed: false,
             cork: None,
+            tickets_wait: false,
         };
         // A TLS connection opens with a handshake record (0x16); a letter is someone speaking
         // plain HTTP to this port. Told from the first read the handshake needs anyway (a
@@ -146,12 +152,19 @@ impl TlsStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let rest = self.process()?;
-            ready!(self.poll_send(cx))?;
-            match rest {
-                Rest::Traffic => return Poll::Ready(Ok(())),
-                Rest::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            match self.process()? {
+                // The flight before this was sent whole (the peer answered it); what rustls
+                // queued since, its tickets, waits for our first write.
+                Rest::Traffic => {
+                    self.tickets_wait = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Rest::Closed => {
+                    ready!(self.poll_send(cx))?;
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
                 Rest::NeedInput => {
+                    ready!(self.poll_send(cx))?;
                     if ready!(self.poll_fill(cx))? == 0 {
                         return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                     }
@@ -270,7 +283,7 @@ impl TlsStream {
     /// Write `outgoing` to the socket; Ready once all of it is written, or at once while
     /// corked (it then waits there, bounded: only hyper writes before the session uncorks).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.cork.as_ref().is_some_and(Cork::held) {
+        if self.tickets_wait || self.cork.as_ref().is_some_and(Cork::held) {
             return Poll::Ready(Ok(()));
         }
         while self.sent < self.outgoing.len() {
@@ -393,6 +406,7 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.tickets_wait = false;
         // Earlier output first when this write would take the waiting output past a record's
         // worth: this is the back-pressure on a peer that does not read, and what bounds
         // `outgoing`. Below that, it leaves along with this write (a held 101 with the welcome).
@@ -430,6 +444,7 @@ impl AsyncWrite for TlsStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tickets_wait = false;
         ready!(self.poll_send(cx))?;
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
@@ -438,6 +453,7 @@ impl AsyncWrite for TlsStream {
         let this = &mut *self;
         // Closing sends everything, held or not.
         this.uncork();
+        this.tickets_wait = false;
         if !this.write_closed {
             ready!(this.poll_send(cx))?;
             this.write_closed = true;

@@ -1,5 +1,8 @@
 //! Every refused upgrade gets the exact HTTP status, and nothing reaches a room.
 
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
 use crate::support::*;
 
 fn bearer(user: &str) -> String {
@@ -293,6 +296,39 @@ async fn tls_13_with_post_quantum_hybrid_key_exchange() {
         Some(rustls::NamedGroup::X25519MLKEM768)
     );
     assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session_with_the_ticket_it_was_given() {
+    // The tickets leave with the 101 rather than on their own (tls_io.rs): a client that
+    // read its welcome holds one, and its next connection skips the full handshake.
+    let s = Server::start();
+    let connector = s.connector();
+    for (i, kind) in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+        .into_iter()
+        .enumerate()
+    {
+        let tcp = TcpStream::connect(s.addr).await.unwrap();
+        let tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(kind),
+            "connection {i}"
+        );
+        let mut ws = s.join_over_tls(tls, "alice", "lobby").await;
+        let id = format!("m{i}");
+        send_json(
+            &mut ws,
+            serde_json::json!({"type": "message", "text": "hello", "id": id}),
+        )
+        .await;
+        let ack = recv_json(&mut ws).await;
+        assert_eq!((&ack["type"], &ack["id"]), (&"ack".into(), &id.into()));
+        ws.close(None).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -271,6 +271,11 @@ impl Server {
     /// Join over a given TCP stream (see `tcp_from`), after the welcome.
     pub async fn join_over(&self, tcp: TcpStream, user: &str, room: &str) -> Ws {
         let tls = self.try_tls(tcp).await.unwrap();
+        self.join_over_tls(tls, user, room).await
+    }
+
+    /// Join over a TLS connection made by the caller (see `connector`), after the welcome.
+    pub async fn join_over_tls(&self, tls: TlsStream<TcpStream>, user: &str, room: &str) -> Ws {
         let mut req = format!("wss://localhost:{}/rooms/{room}", self.addr.port())
             .into_client_request()
             .unwrap();
