@@ -16,6 +16,7 @@
 #
 # After a wss-chat step, "server: ..." lines name any handshakes it refused (by reason) and any
 # slow consumers it closed, from its metrics: a step that could not fill its room says why.
+# Another counts the history store's commits (each an fsync, with "full" durability).
 #
 # Installs its peers: npm packages into bench/peers/node_modules, Go and gorilla/websocket from
 # Debian (apt-get; needs root), and builds everything in release mode.
@@ -108,12 +109,17 @@ loadgen() {
 }
 
 # refusals: for wss-chat, the handshakes it refused (by reason) and the slow consumers it
-# closed during the step, when there were any (from its metrics).
+# closed during the step, when there were any, and its history store's group commits (from
+# its metrics).
 refusals() {
   local url
   url=$(sed -n 's/.*serving metrics at \(http:[^ ]*\).*/\1/p' "$WORK/server.log" | head -n1)
   [ -n "$url" ] || return 0
-  curl -s --max-time 5 "$url" | awk '/^wss_chat_(handshakes_refused|slow_consumers_closed)_total/ && $NF > 0 { printf "   server: %s\n", $0 }' || true
+  curl -s --max-time 5 "$url" | awk '
+    /^wss_chat_(handshakes_refused|slow_consumers_closed)_total/ && $NF > 0 { printf "   server: %s\n", $0 }
+    /^wss_chat_store_batch_size_sum/ { stored = $NF }
+    /^wss_chat_store_batch_size_count/ { commits = $NF }
+    END { if (commits > 0) printf "   server: history store: %d messages in %d commits (%.1f per commit: one fsync each)\n", stored, commits, stored / commits }' || true
 }
 
 RESULTS=$WORK/results.txt
