@@ -13,6 +13,7 @@
 #   BEFORE=/tmp/old SERVERS="wss-chat-off wss-chat-off-before" bench/run.sh  # the same, history off
 #   LOADGEN=/tmp/loadgen-old bench/run.sh   # another load generator binary (to compare its own cost)
 #   KEEP_LOGS=/tmp/logs bench/run.sh      # keep each step's server log (the work dir goes at exit)
+#   QUIET_RETRIES=0 bench/run.sh          # every step once, however much the host steals (default 2 retries)
 #
 # After a wss-chat step, "server: ..." lines name any handshakes it refused (by reason) and any
 # slow consumers it closed, from its metrics: a step that could not fill its room says why.
@@ -34,6 +35,10 @@ SIZE=${SIZE:-128}
 # this 2-core machine that fills the load generator's core too (see README), so a lower RATE
 # shows the servers with the client out of the way.
 RATE=${RATE:-100}
+# A step the host took more than 5 % of the CPU from (steal: no process is charged for it, and
+# it moves every figure by tens of percent) runs again, up to this many times; the table keeps
+# the last attempt. The discarded attempts are printed. 0: every step once.
+QUIET_RETRIES=${QUIET_RETRIES:-2}
 
 echo "== installing peers"
 command -v taskset >/dev/null || { apt-get update -q && apt-get install -y -q util-linux; }
@@ -143,11 +148,22 @@ for r in $(seq 1 "$REPEATS"); do
         bigroom) args=(broadcast --clients 15000 --senders 2 --size "$SIZE" --rate 2 --duration-secs 10) ;;
         churn) args=(churn --clients "$CLIENTS" --senders "$SENDERS" --size "$SIZE" --rate "$RATE" --joins-per-sec 50) ;;
       esac
-      echo "== run $r/$REPEATS: $name $mode"
-      start "$name"
-      out=$(loadgen "${args[@]}" 2>&1) || true
-      refused=$(refusals)
-      stop_server
+      tries=0
+      while :; do
+        echo "== run $r/$REPEATS: $name $mode"
+        start "$name"
+        out=$(loadgen "${args[@]}" 2>&1) || true
+        refused=$(refusals)
+        stop_server
+        steal=$(echo "$out" | sed -n 's/^RESULT .*"steal_pct":\([0-9.]*\).*/\1/p' | head -n1)
+        if [ -n "$steal" ] && [ "$tries" -lt "$QUIET_RETRIES" ] && awk -v s="$steal" 'BEGIN { exit !(s > 5) }'; then
+          tries=$((tries + 1))
+          echo "$out" | grep -v '^RESULT' | sed 's/^/   /'
+          echo "   host steal $steal % (above 5): this step again, $tries of $QUIET_RETRIES"
+          continue
+        fi
+        break
+      done
       # The work dir goes at exit; KEEP_LOGS=DIR keeps each step's server log (a step that
       # failed, such as a big room the server stopped filling, is explained there).
       [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$WORK/server.log" "$KEEP_LOGS/$r-$name-$mode.log" 2>/dev/null
