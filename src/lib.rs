@@ -225,10 +225,6 @@ pub async fn run(
     Ok(())
 }
 
-/// How long a join or leave may wait for company: frames waiting in a room go out with its
-/// next message, or at this tick when the room is quiet.
-const PRESENCE_TICK: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// Send every room's waiting join and leave frames, each tick. They are written through to
 /// idle members' sockets (room.rs's `WriteThrough`), as the store's fan-outs are: under churn
 /// a tick that woke every member's task put ~7 % of the server's samples in the members'
@@ -236,7 +232,7 @@ const PRESENCE_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 /// tokio's cooperative budget would fail all but the first 128 writes of a tick.
 async fn presence_tick(rooms: Arc<room::Rooms>) {
     tokio::task::unconstrained(async move {
-        let mut tick = tokio::time::interval(PRESENCE_TICK);
+        let mut tick = tokio::time::interval(room::PRESENCE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut through = room::WriteThrough::default();
         loop {
