@@ -732,17 +732,10 @@ struct Pacing {
 struct Pace {
     /// When the members were last written to: a fan-out written at once, or a held flush.
     last: Option<Instant>,
-    /// Outboxes waiting for the next write; a task is due to flush them while there are any.
+    /// Outboxes waiting for the next write, for one message; a task is due to flush them
+    /// while there are any, unless a second message takes them first.
     held: WriteThrough,
-    /// Messages whose fan-outs are on `held`.
-    messages: usize,
-    /// Counts the held lists taken, so a task whose list went early leaves the next one be.
-    taken: u64,
 }
-
-/// Held messages that make a write worth it now: the window's saving is the second message
-/// in one write; holding the first longer, for a third, would only add to its wait.
-const HELD_ENOUGH: usize = 2;
 
 impl Pace {
     /// Whether the members were written to less than `ago` ago.
@@ -752,15 +745,14 @@ impl Pace {
 
     fn take(&mut self) -> WriteThrough {
         self.last = Some(Instant::now());
-        self.messages = 0;
-        self.taken += 1;
         std::mem::take(&mut self.held)
     }
 }
 
 impl Pacing {
     /// Run the fan-out `f` (under the room's lock), held if the room wrote less than `every`
-    /// ago; the held list goes when `every` is up or [`HELD_ENOUGH`] messages are on it.
+    /// ago; the held list goes when `every` is up or a second message joins it (the saving is
+    /// the second message in one write; holding the first for a third only adds to its wait).
     fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -773,21 +765,18 @@ impl Pacing {
             }
         };
         let r = pace.held.run(f);
-        if pace.held.is_empty() {
-            return r;
-        }
-        pace.messages += 1;
-        if pace.messages >= HELD_ENOUGH {
+        if waiting {
             pace.take().flush_on(&self.runtime);
-        } else if !waiting {
+        } else if !pace.held.is_empty() {
             let state = self.state.clone();
-            let taken = pace.taken;
+            // A list taken early moved `last` on; its task then leaves the next list be.
+            let since = pace.last;
             // Unconstrained: see the SQLite settler.
             self.runtime.spawn(tokio::task::unconstrained(async move {
                 tokio::time::sleep_until(due.into()).await;
                 let mut held = {
                     let mut pace = state.lock().unwrap_or_else(|p| p.into_inner());
-                    if pace.taken != taken {
+                    if pace.last != since {
                         return;
                     }
                     pace.take()
