@@ -710,16 +710,18 @@ pub const PRESENCE_TICK: Duration = Duration::from_millis(50);
 pub struct Waiting(Mutex<Vec<std::sync::Weak<Room>>>);
 
 /// A busy room's writes, paced (`rooms.batch_ms`): a message less than `every` after the
-/// room's last write waits for the next message or for `every`, whichever comes first. At 100 msg/s into 1,000 members nearly every write carried one message, and a
-/// write costs far more than the frame in it (a syscall, a TLS record, the loopback's TCP
-/// work, waking the reader): saturated, the same server delivers at about a seventh of the
-/// CPU per delivery, with dozens of frames in each write. A fan-out less than `every` after
-/// the room's last write lists its outboxes on the room's held list instead of its caller's;
-/// the next message's fan-out writes them through at once, with both messages, or else a task
-/// does when `every` is up; a message in a quiet room still goes out at once. Waiting for a
-/// third message (a flush at `every` only) cut CPU a little more but made every held message
-/// wait up to `every` rather than up to the gap to the next one. The frames are queued in order at once;
-/// only the write waits (a member's own writer, woken for its ack, takes them sooner).
+/// room's last write waits for the next message or for `every`, whichever comes first. At
+/// 100 msg/s into 1,000 members nearly every write carried one message, and a write costs
+/// far more than the frame in it (a syscall, a TLS record, the loopback's TCP work, waking the
+/// reader): saturated, the same server delivers at about a seventh of the CPU per delivery,
+/// with dozens of frames in each write. A fan-out less than `every` after the room's last
+/// write lists its outboxes on the room's held list instead of its caller's; the next
+/// message's fan-out writes them through at once, with both messages, or else a task does
+/// when `every` is up; a message in a quiet room still goes out at once. Waiting for a third
+/// message (a flush at `every` only) cut CPU a little more but made every held message wait
+/// up to `every` rather than up to the gap to the next one. The frames are queued in order
+/// at once; only the write waits (a member's own writer, woken for its ack, takes them
+/// sooner).
 #[derive(Debug)]
 struct Pacing {
     every: Duration,
@@ -1405,10 +1407,10 @@ impl Rooms {
     }
 
     /// Send the join and leave frames of every quiet room that has some waiting (the presence
-    /// tick). A busy room's wait for its next message, which carries them: the tick's own write
-    /// to each of its members came on top of the messages' (under churn at 100 msg/s into 1,000
-    /// members, 20,000 writes a second beside the messages' ~50,000). A room that goes quiet
-    /// gets them at the first tick after [`PRESENCE_TICK`] without a write.
+    /// tick). A busy room's frames wait for its next message, which carries them: the tick's
+    /// own write to each of its members came on top of the messages' (under churn at 100 msg/s
+    /// into 1,000 members, 20,000 writes a second beside the messages' ~50,000). A room that
+    /// goes quiet gets them at the first tick after [`PRESENCE_TICK`] without a write.
     pub fn flush_presence(&self) {
         let rooms = std::mem::take(&mut *self.waiting.0.lock().unwrap_or_else(|p| p.into_inner()));
         for room in rooms.iter().filter_map(std::sync::Weak::upgrade) {

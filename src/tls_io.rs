@@ -12,9 +12,9 @@
 //! keeps the waiting output within a record's worth, so a peer that does not read holds back
 //! our writer rather than grow a buffer. The session tickets that end the handshake wait for
 //! the first write, and output may be held back ([`Cork`]) while hyper writes a 101, so that
-//! the tickets, the 101 and the session's first frames leave in one write. Errors from rustls (a bad record, a
-//! failed handshake) are sent to the peer as its alert when one is queued, and end the stream
-//! with `InvalidData`.
+//! the tickets, the 101 and the session's first frames leave in one write. Errors from rustls
+//! (a bad record, a failed handshake) are sent to the peer as its alert when one is queued,
+//! and end the stream with `InvalidData`.
 
 use std::io;
 use std::mem::MaybeUninit;
