@@ -14,6 +14,7 @@
 #   LOADGEN=/tmp/loadgen-old bench/run.sh   # another load generator binary (to compare its own cost)
 #   KEEP_LOGS=/tmp/logs bench/run.sh      # keep each step's server log (the work dir goes at exit)
 #   QUIET_RETRIES=0 bench/run.sh          # every step once, however much the host steals (default 2 retries)
+#   QUIET_WAIT=0 bench/run.sh             # start each step at once (default: wait up to 60 s for a quiet host)
 #
 # After a wss-chat step, "server: ..." lines name any handshakes it refused (by reason) and any
 # slow consumers it closed, from its metrics: a step that could not fill its room says why.
@@ -39,6 +40,31 @@ RATE=${RATE:-100}
 # it moves every figure by tens of percent) runs again, up to this many times; the table keeps
 # the last attempt. The discarded attempts are printed. 0: every step once.
 QUIET_RETRIES=${QUIET_RETRIES:-2}
+# Steal comes in spells of seconds to minutes: before each attempt, wait up to this many seconds
+# for a second in which the host took at most 2 % of the CPUs, rather than start inside a spell
+# and spend a retry on it.
+QUIET_WAIT=${QUIET_WAIT:-60}
+
+# steal_1s: the host's share of this VM's CPU time over the next second, in percent (/proc/stat).
+steal_1s() {
+  local a b
+  a=$(head -n1 /proc/stat); sleep 1; b=$(head -n1 /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN {
+    n = split(a, x); split(b, y); total = 0
+    for (i = 2; i <= n; i++) total += y[i] - x[i]
+    printf "%.1f", (total > 0 ? 100 * (y[9] - x[9]) / total : 0) }'
+}
+
+# wait_quiet: return once a second goes by with steal at most 2 %, or after QUIET_WAIT seconds.
+wait_quiet() {
+  local waited=0 s
+  while [ "$waited" -lt "$QUIET_WAIT" ]; do
+    s=$(steal_1s)
+    awk -v s="$s" 'BEGIN { exit !(s <= 2) }' && return 0
+    waited=$((waited + 1))
+  done
+  echo "   host steal still $s % after ${QUIET_WAIT} s of waiting: measuring anyway"
+}
 
 echo "== installing peers"
 command -v taskset >/dev/null || { apt-get update -q && apt-get install -y -q util-linux; }
@@ -151,6 +177,7 @@ for r in $(seq 1 "$REPEATS"); do
       tries=0
       while :; do
         echo "== run $r/$REPEATS: $name $mode"
+        wait_quiet
         start "$name"
         out=$(loadgen "${args[@]}" 2>&1) || true
         refused=$(refusals)
