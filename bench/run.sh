@@ -57,7 +57,8 @@ steal_1s() {
 
 # wait_quiet: return once a second goes by with steal at most 2 %, or after QUIET_WAIT seconds.
 wait_quiet() {
-  local waited=0 s
+  local waited=0 s=
+  [ "$QUIET_WAIT" -gt 0 ] || return 0
   while [ "$waited" -lt "$QUIET_WAIT" ]; do
     s=$(steal_1s)
     awk -v s="$s" 'BEGIN { exit !(s <= 2) }' && return 0
