@@ -154,8 +154,9 @@ pub struct RoomsConfig {
     pub auto_create: bool,
     pub max_rooms: usize,
     pub max_members: usize,
-    /// A busy room writes to its members at most once per this many milliseconds, each write
-    /// carrying every message since the last; 0 writes each message on its own.
+    /// Pacing of a busy room's writes (room.rs's `Pacing`): a message less than this many
+    /// milliseconds after the room's last write is held, for half the members, until the next
+    /// message or this long; 0 writes each message on its own.
     pub batch_ms: u64,
 }
 

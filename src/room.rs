@@ -13,9 +13,10 @@
 //! queued to; a [`WriteThrough`] then writes each idle member's frames into its socket, after
 //! the room's lock is released and off the sender's task; a member whose writer is busy, or
 //! whose socket is full, is left to its writer, in order. A busy room's fan-outs are paced
-//! ([`Pacing`], `rooms.batch_ms`): one less than that after the room's last write lists its
-//! outboxes on the room's own list, written when the time is up or the next message joins
-//! it, so a member gets two messages in one write. Presence lives here too, under the
+//! ([`Pacing`], `rooms.batch_ms`): one less than that after the room's last write is written
+//! to the members the message before held, and holds the others on the room's own list,
+//! written when the time is up or the next message joins it, so a member gets two messages
+//! in one write. Presence lives here too, under the
 //! same lock: a user's first connection to a room sends `join` to the others, the last one to
 //! go `leave`. A place in a room is first reserved by the gate (so a full room is refused
 //! before the upgrade) and then taken by the engine's join.
@@ -419,6 +420,21 @@ impl WriteThrough {
         self.next == self.touched.len()
     }
 
+    /// How many outboxes are waiting for [`WriteThrough::flush`].
+    fn len(&self) -> usize {
+        self.touched.len() - self.next
+    }
+
+    /// The waiting outboxes after the first `at`, in their own list (listed still).
+    fn split_off(&mut self, at: usize) -> WriteThrough {
+        WriteThrough {
+            touched: self
+                .touched
+                .split_off((self.next + at).min(self.touched.len())),
+            next: 0,
+        }
+    }
+
     /// Write through to the listed outboxes for about `slice`; those left (see
     /// [`WriteThrough::is_empty`]) wait for the next call. The caller lets other tasks run in
     /// between; a fan-out run meanwhile adds its frames to the queues of those left, and lists
@@ -717,13 +733,16 @@ pub struct Waiting(Mutex<Vec<std::sync::Weak<Room>>>);
 /// with dozens of frames in each write. A fan-out less than `every` after the room's last
 /// write lists its outboxes on the room's held list instead of its caller's; the next
 /// message's fan-out writes them through at once, with both messages, or else a task does
-/// when `every` is up; a message in a quiet room still goes out at once. Waiting for a third
+/// when `every` is up; a message in a quiet room still goes out at once. Members are held in
+/// two halves that take turns (see [`Pacing::run`]): holding everyone every other message
+/// made the same writes, but then every other message waited the whole gap for all members
+/// and each fan-out wrote to all of them, two messages at a time. Waiting for a third
 /// message (a flush at `every` only) cut CPU a little more but made every held message wait
 /// up to `every` rather than up to the gap to the next one. The frames are queued in order
 /// at once; only the write waits (a member's own writer, woken for its ack, takes them
 /// sooner). The price is latency: with messages evenly 10 ms apart (the benchmark's 100 msg/s)
-/// every other one waits the whole gap, p50 +5 ms and p99 +10 ms against pacing off, for
-/// 0.6-0.7x of its CPU per delivery (README, issue 14's batch_ms table).
+/// half the deliveries wait the whole gap, for 0.6-0.7x of the CPU per delivery (README,
+/// issue 14's batch_ms table).
 #[derive(Debug)]
 struct Pacing {
     every: Duration,
@@ -754,24 +773,44 @@ impl Pace {
 }
 
 impl Pacing {
-    /// Run the fan-out `f` (under the room's lock), held if the room wrote less than `every`
-    /// ago; the held list goes when `every` is up or a second message joins it (the saving is
-    /// the second message in one write; holding the first for a third only adds to its wait).
+    /// Run the fan-out `f` (under the room's lock), paced if the room wrote less than `every`
+    /// ago: the members held from the previous message are written now, with this one; the
+    /// others are held for the next message or until `every` after the room's last write
+    /// (this one's, when it wrote), whichever comes first. When nobody is held (a busy spell's first paced message) half
+    /// the members are written now, so from then on each message writes to half of them,
+    /// every write with two messages: the same writes as holding everyone every other
+    /// message, but only half the deliveries wait the gap, and each fan-out is half as long.
     fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let waiting = !pace.held.is_empty();
-        let due = match pace.last {
-            Some(last) if waiting || now < last + self.every => last + self.every,
+        let held = pace.held.len();
+        let busy_until = match pace.last {
+            Some(last) if held > 0 || now < last + self.every => last + self.every,
             _ => {
                 pace.last = Some(now);
                 return f();
             }
         };
         let r = pace.held.run(f);
-        if waiting {
-            pace.take().flush_on(&self.runtime);
-        } else if !pace.held.is_empty() {
+        let go = if now >= busy_until {
+            // Quiet again before the held list's flush ran: everything goes.
+            pace.held.len()
+        } else if held > 0 {
+            held
+        } else {
+            // Rounded down: a room of two (one recipient) still pairs its messages.
+            pace.held.len() / 2
+        };
+        let rest = pace.held.split_off(go);
+        let now_list = std::mem::replace(&mut pace.held, rest);
+        if !now_list.is_empty() {
+            pace.last = Some(now);
+            now_list.flush_on(&self.runtime);
+        }
+        if !pace.held.is_empty() {
+            // From the write just made, if any: with the next message due about a gap after
+            // it, a flush set from the write before could beat it and split a pair.
+            let due = pace.last.unwrap_or(now) + self.every;
             let state = self.state.clone();
             // A list taken early moved `last` on; its task then leaves the next list be.
             let since = pace.last;

@@ -370,3 +370,76 @@ async fn a_busy_rooms_message_waits_batch_ms_or_the_next_one_and_a_quiet_rooms_g
         expect_nothing_more(&s, &mut b, "lobby").await;
     }
 }
+
+/// `rooms.batch_ms` in a room of several: a paced message is written at once to half the
+/// members and held for the others, and the next message goes at once to those held, with
+/// the one they were held for, and is held for the first half, until `batch_ms` after the
+/// room's last write when nothing follows. So each member still gets two messages a write,
+/// but only half of them wait.
+#[tokio::test]
+async fn a_busy_rooms_members_take_turns_so_only_half_wait_for_the_next_message() {
+    const BATCH: Duration = Duration::from_millis(900);
+    for store in [HistoryStore::Off, HistoryStore::Sqlite] {
+        let s = Server::start_with(|c| {
+            c.rooms.batch_ms = BATCH.as_millis() as u64;
+            c.history.store = store;
+        });
+        let mut a = s.join("alice", "lobby").await;
+        let mut b = s.join("bob", "lobby").await;
+        let mut c = s.join("carol", "lobby").await;
+        let msg = |text: &str| json!({"type": "message", "text": text, "id": text});
+        send_json(&mut a, msg("one")).await;
+        assert_eq!(recv_json(&mut b).await["text"], "one");
+        assert_eq!(recv_json(&mut c).await["text"], "one");
+        assert_eq!(recv_json(&mut a).await["id"], "one");
+        // As in the test above: let a writer still looping after "one" go idle.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t2 = Instant::now();
+        send_json(&mut a, msg("two")).await;
+        let (early, late) = tokio::select! {
+            m = recv_json(&mut b) => { assert_eq!(m["text"], "two"); (&mut b, &mut c) }
+            m = recv_json(&mut c) => { assert_eq!(m["text"], "two"); (&mut c, &mut b) }
+        };
+        assert!(
+            t2.elapsed() < BATCH / 3,
+            "{store:?}: nobody got \"two\" at once ({:?})",
+            t2.elapsed()
+        );
+        assert_eq!(recv_json(&mut a).await["id"], "two");
+        // "three" comes BATCH/3 after "two": the member held gets both then, not before.
+        let (got, ()) = tokio::join!(
+            async {
+                let two = recv_json(late).await;
+                let at = t2.elapsed();
+                (two, at, recv_json(late).await)
+            },
+            async {
+                tokio::time::sleep_until((t2 + BATCH / 3).into()).await;
+                send_json(&mut a, msg("three")).await;
+            }
+        );
+        let (two, at, three) = got;
+        assert_eq!(
+            (&two["text"], &three["text"]),
+            (&json!("two"), &json!("three"))
+        );
+        assert!(
+            at >= BATCH / 3 && at < BATCH,
+            "{store:?}: the member held got \"two\" {at:?} after it was sent, not with \"three\""
+        );
+        let t3 = t2 + BATCH / 3;
+        assert_eq!(recv_json(&mut a).await["id"], "three");
+        // The member written to with "two" is held for "three"; nothing follows, so it goes
+        // BATCH after the room's last write, "three" to the member held.
+        assert_eq!(recv_json(early).await["text"], "three");
+        assert!(
+            t3.elapsed() >= BATCH,
+            "{store:?}: \"three\" waited {:?}, not BATCH, for the member that got \"two\" at once",
+            t3.elapsed()
+        );
+        let (marker, _m) = send_marker(&s, "lobby").await;
+        for ws in [early, late] {
+            expect_marker_next(ws, &marker).await;
+        }
+    }
+}
