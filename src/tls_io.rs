@@ -5,7 +5,9 @@
 //! for the connection's whole life once it has read anything: a third of an idle chat
 //! connection's memory. Here the socket is read into a buffer on the stack; only a partial
 //! record is kept (on the heap, freed once the record completes), decrypted data waits only
-//! until the reader takes it, and encrypted output only until the socket takes it.
+//! until the reader takes it, and encrypted output only until the socket takes it (a write
+//! with nothing else waiting is sealed into a per-thread buffer, and only what the socket does
+//! not take is copied into the connection's).
 //!
 //! Limits: a partial record may not grow past the largest a peer may send (a joined handshake
 //! message during the handshake, one TLS record after it); no more plaintext is taken than
