@@ -313,6 +313,19 @@ async fn a_client_cannot_reach_another_room() {
     expect_nothing_more(&s, &mut in_secret, "secret").await;
 }
 
+/// A server whose rooms pace their writes by `batch`, history in `store`.
+fn paced(batch: Duration, store: HistoryStore) -> Server {
+    Server::start_with(|c| {
+        c.rooms.batch_ms = batch.as_millis() as u64;
+        c.history.store = store;
+    })
+}
+
+/// A chat message whose text is its client id.
+fn msg(text: &str) -> serde_json::Value {
+    json!({"type": "message", "text": text, "id": text})
+}
+
 /// `rooms.batch_ms`: a message into a quiet room goes out at once; one that follows less than
 /// `batch_ms` after the room's last write waits for the rest of it and goes out with the
 /// others that came meanwhile, in order; the sender's ack is not held. With and without the
@@ -321,14 +334,10 @@ async fn a_client_cannot_reach_another_room() {
 async fn a_busy_rooms_message_waits_batch_ms_or_the_next_one_and_a_quiet_rooms_goes_at_once() {
     const BATCH: Duration = Duration::from_millis(600);
     for store in [HistoryStore::Off, HistoryStore::Sqlite] {
-        let s = Server::start_with(|c| {
-            c.rooms.batch_ms = BATCH.as_millis() as u64;
-            c.history.store = store;
-        });
+        let s = paced(BATCH, store);
         let mut a = s.join("alice", "lobby").await;
         let mut b = s.join("bob", "lobby").await;
         let t0 = Instant::now();
-        let msg = |text: &str| json!({"type": "message", "text": text, "id": text});
         send_json(&mut a, msg("one")).await;
         assert_eq!(recv_json(&mut b).await["text"], "one");
         assert!(
@@ -380,14 +389,10 @@ async fn a_busy_rooms_message_waits_batch_ms_or_the_next_one_and_a_quiet_rooms_g
 async fn a_busy_rooms_members_take_turns_so_only_half_wait_for_the_next_message() {
     const BATCH: Duration = Duration::from_millis(900);
     for store in [HistoryStore::Off, HistoryStore::Sqlite] {
-        let s = Server::start_with(|c| {
-            c.rooms.batch_ms = BATCH.as_millis() as u64;
-            c.history.store = store;
-        });
+        let s = paced(BATCH, store);
         let mut a = s.join("alice", "lobby").await;
         let mut b = s.join("bob", "lobby").await;
         let mut c = s.join("carol", "lobby").await;
-        let msg = |text: &str| json!({"type": "message", "text": text, "id": text});
         send_json(&mut a, msg("one")).await;
         assert_eq!(recv_json(&mut b).await["text"], "one");
         assert_eq!(recv_json(&mut c).await["text"], "one");
