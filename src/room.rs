@@ -786,10 +786,11 @@ impl Pacing {
     /// Run the fan-out `f` (under the room's lock), paced if the room wrote less than `every`
     /// ago: the members held from the previous message are written now, with this one; the
     /// others are held for the next message or until `every` after the room's last write
-    /// (this one's, when it wrote), whichever comes first. When nobody is held (a busy spell's first paced message) half
-    /// the members are written now, so from then on each message writes to half of them,
-    /// every write with two messages: the same writes as holding everyone every other
-    /// message, but only half the deliveries wait the gap, and each fan-out is half as long.
+    /// (this one's, when it wrote), whichever comes first. When nobody is held (a busy
+    /// spell's first paced message) half the members are written now, so from then on each
+    /// message writes to half of them, every write with two messages: the same writes as
+    /// holding everyone every other message, but only half the deliveries wait the gap, and
+    /// each fan-out is half as long.
     fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

@@ -294,18 +294,30 @@ impl TlsStream {
         if self.tickets_wait || self.cork.as_ref().is_some_and(Cork::held) {
             return Poll::Ready(Ok(()));
         }
-        while self.sent < self.outgoing.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n;
-        }
+        ready!(send_from(&mut self.tcp, cx, &self.outgoing, &mut self.sent))?;
         // Freed rather than kept: most connections write rarely.
         self.outgoing = Vec::new();
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
+}
+
+/// Write `buf` from `sent` on to the socket, `sent` counting what it takes; Pending once it
+/// is full.
+fn send_from(
+    tcp: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    sent: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *sent < buf.len() {
+        let n = ready!(Pin::new(&mut *tcp).poll_write(cx, &buf[*sent..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *sent += n;
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Append what `f` encodes to `out`, growing it to the size rustls asks for.
@@ -453,13 +465,8 @@ impl AsyncWrite for TlsStream {
                 sealed.clear();
                 encrypt(sealed, |buf| w.encrypt(data, buf), data.len() + 64)?;
                 let mut done = 0;
-                while done < sealed.len() {
-                    match Pin::new(&mut *tcp).poll_write(cx, &sealed[done..]) {
-                        Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                        Poll::Ready(Ok(n)) => done += n,
-                        Poll::Ready(Err(e)) => return Err(e),
-                        Poll::Pending => break,
-                    }
+                if let Poll::Ready(Err(e)) = send_from(tcp, cx, sealed, &mut done) {
+                    return Err(e);
                 }
                 outgoing.extend_from_slice(&sealed[done..]);
                 *sent = 0;
