@@ -83,8 +83,9 @@ pub struct Outbox {
     listed: AtomicBool,
 }
 
-/// Slots a write-through gives back to an emptied queue: a few frames' worth, about 200
-/// bytes (a queue grown past it by a burst is freed).
+/// Slots a write-through gives back to an emptied queue: a few frames' worth, at most 448
+/// bytes (56 a slot; one written a frame at a time keeps 4); a queue a burst grew past it is
+/// freed.
 const KEEP_SLOTS: usize = 8;
 
 /// The queue, and who is writing from it.
