@@ -452,7 +452,6 @@ impl AsyncWrite for TlsStream {
             conn,
             incoming,
             outgoing,
-            sent,
             ..
         } = this;
         let mut w = match conn.process_tls_records(incoming).state {
@@ -468,8 +467,8 @@ impl AsyncWrite for TlsStream {
                 if let Poll::Ready(Err(e)) = send_from(tcp, cx, sealed, &mut done) {
                     return Err(e);
                 }
+                // `sent` is already 0: it is reset whenever `outgoing` empties.
                 outgoing.extend_from_slice(&sealed[done..]);
-                *sent = 0;
                 Ok(())
             })?;
             return Poll::Ready(Ok(data.len()));
