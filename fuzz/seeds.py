@@ -53,6 +53,21 @@ seeds["config"] = [cfg.encode(), b"", b"[server]\nlisten = \"nowhere\"\n", b"[li
                    b"[origins]\nallowed = [\"https://*.com\", \"javascript:x\"]\n", b"[server]\necho_mode = true\nlisten = \"0.0.0.0:1\"\n",
                    b"[auth]\njwt_secret_file = \"/dev/null\"\njwt_secret_env = \"X\"\n", b"[unknown]\nx = 1\n", b"a = [[[[[[[[[[1]]]]]]]]]]\n"]
 
+# tls_records (fuzz/src/tls_records.rs): a head byte (bit 0: TLS 1.2; bits 1-3: the handshake
+# delivered in pieces of n^3 bytes), then operations of a code and two argument bytes. Each seed
+# is one of the record layer's error paths after a real handshake, in both versions.
+FORGED, FLIP, TRUNC, OVERSIZED, RAW, ZERO, INNER, CLOSE, CHUNK, PADDED, EOF = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+tls_ops = [
+    [FORGED, 0, 48], [0, 0, 100, FORGED, 0, 200], [FLIP, 10, 12], [FLIP, 0, 12], [FLIP, 4, 12],
+    [TRUNC, 8, 10, 0, 0, 8], [TRUNC, 8, 10, EOF, 0, 0], [OVERSIZED, 0, 255], [OVERSIZED, 255, 3],
+    [RAW, 5, 0, 0x17, 3, 3, 0, 0], [RAW, 9, 0, 0x30, 3, 3, 0, 4, 1, 2, 3, 4], [ZERO, 32, 0], [ZERO, 0, 0],
+    [INNER, 0x16, 30], [INNER, 0x14, 1], [INNER, 0x15, 2], [CLOSE, 0, 0, 0, 0, 10], [CHUNK, 1, 0, 0, 1, 44],
+    [CHUNK, 7, 0, FORGED, 0, 40], [PADDED, 0x40, 0x00], [PADDED, 0x40, 0x01], [PADDED, 0x40, 0xf0], [EOF, 0, 0],
+    [0, 0x40, 0x01], [0, 0, 5, EOF, 0, 0],
+]
+seeds["tls_records"] = [bytes([head] + ops) for ops in tls_ops for head in (0, 1)] + [
+    bytes([3 << 1, FORGED, 0, 48]), bytes([(1 << 1) | 1, 0, 0, 30, FLIP, 20, 40])]
+
 for target, items in seeds.items():
     d = root / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)

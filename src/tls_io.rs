@@ -14,9 +14,17 @@
 //! keeps the waiting output within a record's worth, so a peer that does not read holds back
 //! our writer rather than grow a buffer. The session tickets that end the handshake wait for
 //! the first write, and output may be held back ([`Cork`]) while hyper writes a 101, so that
-//! the tickets, the 101 and the session's first frames leave in one write. Errors from rustls
-//! (a bad record, a failed handshake) are sent to the peer as its alert when one is queued,
-//! and end the stream with `InvalidData`.
+//! the tickets, the 101 and the session's first frames leave in one write.
+//!
+//! Errors: the first error from rustls (a bad record, a failed handshake) is final. The alert
+//! rustls queued for it, if any, is taken out without letting rustls deframe the input again
+//! (for a record-layer error the unbuffered API does not mark the connection failed, and the
+//! failing record would be decrypted and refused once more, queueing another alert), sent
+//! once, and never followed by a close_notify; every later call returns the same `InvalidData`
+//! error without touching rustls. One fatal alert, then the end of the stream, as stock rustls
+//! does.
+//! The stream is generic over its transport so that tests and the `tls_records` fuzz target can
+//! drive it in memory against rustls's buffered `ServerConnection`; the server uses TCP.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -46,9 +54,9 @@ thread_local! {
     static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A server-side TLS stream over a TCP socket.
-pub struct TlsStream {
-    tcp: TcpStream,
+/// A server-side TLS stream over a socket (TCP in the server).
+pub struct TlsStream<S = TcpStream> {
+    tcp: S,
     conn: UnbufferedServerConnection,
     /// Ciphertext read but not yet a whole record.
     incoming: Vec<u8>,
@@ -70,17 +78,19 @@ pub struct TlsStream {
     /// first write (the 101, or a refusal) and leave in it: a system call and a loopback
     /// packet less per connection. No client waits for a ticket before it sends its request.
     tickets_wait: bool,
+    /// The first error rustls reported: the stream is over, and says so on every call.
+    failed: Option<String>,
 }
 
 /// What [`TlsStream::accept`] found on a socket.
 // Made once per connection and moved straight into its session: a box would be one more
 // allocation per connection, for nothing.
 #[allow(clippy::large_enum_variant)]
-pub enum Accepted {
+pub enum Accepted<S = TcpStream> {
     /// The handshake is done.
-    Tls(TlsStream),
+    Tls(TlsStream<S>),
     /// The peer spoke plain HTTP (what it sent is dropped): the caller tells it to use TLS.
-    PlainHttp(TcpStream),
+    PlainHttp(S),
 }
 
 /// Holds a stream's output back while set. The 101 is written by hyper, which flushes it
@@ -115,10 +125,10 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-impl TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// Run the TLS handshake on `tcp` (the caller bounds its time), unless the peer speaks
     /// plain HTTP.
-    pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Accepted> {
+    pub async fn accept(config: Arc<ServerConfig>, tcp: S) -> io::Result<Accepted<S>> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut s = TlsStream {
             tcp,
@@ -133,6 +143,7 @@ impl TlsStream {
             write_closed: false,
             cork: None,
             tickets_wait: false,
+            failed: None,
         };
         // A TLS connection opens with a handshake record (0x16); a letter is someone speaking
         // plain HTTP to this port. Told from the first read the handshake needs anyway (a
@@ -160,11 +171,16 @@ impl TlsStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            match self.process()? {
-                // The flight before this was sent whole (the peer answered it); what rustls
-                // queued since, its tickets, waits for our first write.
+            match self.process_or_alert(cx)? {
+                // TLS 1.3: the flight before this was sent whole (the peer answered it); what
+                // rustls queued since, its tickets, waits for our first write. TLS 1.2: the
+                // server's Finished is queued now and the client waits for it, so it goes.
                 Rest::Traffic => {
-                    self.tickets_wait = true;
+                    if self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                        self.tickets_wait = true;
+                    } else {
+                        ready!(self.poll_send(cx))?;
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Rest::Closed => {
@@ -181,52 +197,64 @@ impl TlsStream {
         }
     }
 
+    /// As [`Self::process`], and on an error the alert it queued leaves at once (as far as the
+    /// socket takes it without waiting; the rest goes with the shutdown that follows).
+    fn process_or_alert(&mut self, cx: &mut Context<'_>) -> io::Result<Rest> {
+        let result = self.process();
+        if result.is_err() {
+            // Best effort: the stream ends with this error whatever the socket does.
+            let _ = self.poll_send(cx);
+        }
+        result
+    }
+
     /// Feed what was read to rustls until it needs more input or may send application data:
     /// decrypted data goes to `plaintext`, anything rustls wants sent to `outgoing`.
     fn process(&mut self) -> io::Result<Rest> {
+        if let Some(e) = &self.failed {
+            return Err(invalid(e));
+        }
         let Self {
-            tcp,
             conn,
             incoming,
             plaintext,
             taken,
             outgoing,
-            sent,
             traffic,
             read_closed,
             ..
         } = self;
-        loop {
+        let error = loop {
             let status = conn.process_tls_records(incoming);
             let discard = status.discard;
             let state = match status.state {
                 Ok(state) => state,
                 Err(e) => {
                     incoming.drain(..discard);
-                    // Queue the alert rustls prepared for the peer, if any, before failing.
-                    loop {
-                        match conn.process_tls_records(incoming).state {
-                            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                                encode(outgoing, |buf| enc.encode(buf))?
-                            }
-                            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                            _ => break,
-                        }
-                    }
-                    // Best effort and without waiting: the stream ends with this error.
-                    let _ = tcp.try_write(&outgoing[*sent..]);
-                    return Err(invalid(e));
+                    break e;
                 }
             };
             let rest = match state {
                 ConnectionState::ReadTraffic(mut read) => {
+                    let mut error = None;
                     while let Some(record) = read.next_record() {
-                        let record = record.map_err(invalid)?;
-                        if *taken == plaintext.len() {
-                            plaintext.clear();
-                            *taken = 0;
+                        match record {
+                            Ok(record) => {
+                                if *taken == plaintext.len() {
+                                    plaintext.clear();
+                                    *taken = 0;
+                                }
+                                plaintext.extend_from_slice(record.payload);
+                            }
+                            Err(e) => {
+                                error = Some(e);
+                                break;
+                            }
                         }
-                        plaintext.extend_from_slice(record.payload);
+                    }
+                    if let Some(e) = error {
+                        incoming.drain(..discard);
+                        break e;
                     }
                     None
                 }
@@ -254,7 +282,7 @@ impl TlsStream {
                     Some(Rest::Traffic)
                 }
                 // Early data is never enabled in our config.
-                _ => return Err(invalid("unexpected TLS state")),
+                _ => break rustls::Error::General("unexpected TLS state".into()),
             };
             incoming.drain(..discard);
             if let Some(rest) = rest {
@@ -264,7 +292,35 @@ impl TlsStream {
                 }
                 return Ok(rest);
             }
+        };
+        Err(self.fail(error))
+    }
+
+    /// Make `error` final: queue the alert rustls prepared for it, if any, drop all input, and
+    /// send everything waiting (held tickets included) from now on, uncorked.
+    fn fail(&mut self, error: rustls::Error) -> io::Error {
+        // rustls hands out what it queued before it deframes anything, so asking only while it
+        // has something to send never looks at the failing record again (it may have been
+        // decrypted in place; a second look fails differently and queues a second alert).
+        while self.conn.wants_write() {
+            match self.conn.process_tls_records(&mut self.incoming).state {
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    if encode(&mut self.outgoing, |buf| enc.encode(buf)).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
         }
+        self.incoming = Vec::new();
+        self.tickets_wait = false;
+        self.cork = None;
+        // Nothing follows the alert (or, for an error rustls sends none for, the failure):
+        // no close_notify, however the stream is closed.
+        self.write_closed = true;
+        let message = error.to_string();
+        self.failed = Some(message.clone());
+        invalid(message)
     }
 
     /// Read from the socket into `incoming`; Ready(0) at the end of the stream.
@@ -304,8 +360,8 @@ impl TlsStream {
 
 /// Write `buf` from `sent` on to the socket, `sent` counting what it takes; Pending once it
 /// is full.
-fn send_from(
-    tcp: &mut TcpStream,
+fn send_from<S: AsyncWrite + Unpin>(
+    tcp: &mut S,
     cx: &mut Context<'_>,
     buf: &[u8],
     sent: &mut usize,
@@ -371,7 +427,7 @@ fn append<E: std::fmt::Display>(
     }
 }
 
-impl AsyncRead for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -392,6 +448,9 @@ impl AsyncRead for TlsStream {
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = &this.failed {
+                return Poll::Ready(Err(invalid(e)));
+            }
             // Nothing read since the last processing and nothing left to send: rustls has
             // nothing new to say, so go straight to the socket (the common case: a wake-up
             // that was for the writer).
@@ -401,9 +460,9 @@ impl AsyncRead for TlsStream {
                 }
                 continue;
             }
-            this.process()?;
-            // What rustls wants sent while reading (a key update's answer, an alert) goes out
-            // when the socket takes it; a full socket does not stop reading.
+            this.process_or_alert(cx)?;
+            // What rustls wants sent while reading (a key update's answer) goes out when the
+            // socket takes it; a full socket does not stop reading.
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
                 return Poll::Ready(Err(e));
             }
@@ -419,13 +478,16 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if let Some(e) = &this.failed {
+            return Poll::Ready(Err(invalid(e)));
+        }
         this.tickets_wait = false;
         // Earlier output first when this write would take the waiting output past a record's
         // worth: this is the back-pressure on a peer that does not read, and what bounds
@@ -439,7 +501,7 @@ impl AsyncWrite for TlsStream {
         let data = &data[..data.len().min(WRITE_CHUNK)];
         // Whatever rustls has to do first (a queued handshake message, a record read along
         // with the last one) is done here; it then rests ready for application data.
-        if !matches!(this.process()?, Rest::Traffic) {
+        if !matches!(this.process_or_alert(cx)?, Rest::Traffic) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         // Nothing waiting and nothing held: sealed into this thread's buffer and handed to the
@@ -457,7 +519,11 @@ impl AsyncWrite for TlsStream {
         let mut w = match conn.process_tls_records(incoming).state {
             Ok(ConnectionState::WriteTraffic(w)) => w,
             Ok(_) => return Poll::Ready(Err(invalid("TLS stream not ready to write"))),
-            Err(e) => return Poll::Ready(Err(invalid(e))),
+            Err(e) => {
+                let e = this.fail(e);
+                let _ = this.poll_send(cx);
+                return Poll::Ready(Err(e));
+            }
         };
         if direct {
             SEALED.with_borrow_mut(|sealed| {
@@ -490,7 +556,8 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        // Closing sends everything, held or not.
+        // Closing sends everything, held or not. After a fatal error `write_closed` is set:
+        // what is left of the alert goes, and no close_notify after it.
         this.uncork();
         this.tickets_wait = false;
         if !this.write_closed {

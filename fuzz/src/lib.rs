@@ -384,3 +384,7 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+#[path = "tls_records.rs"]
+pub mod tls_records;
+pub use tls_records::tls_records;

@@ -66,3 +66,8 @@ fn upgrade_path_corpus() {
 fn config_corpus() {
     replay("config", checks::config);
 }
+
+#[test]
+fn tls_records_corpus() {
+    replay("tls_records", checks::tls_records);
+}

@@ -21,3 +21,4 @@ mod presence;
 mod resilience;
 mod store;
 mod support;
+mod tls_records;
